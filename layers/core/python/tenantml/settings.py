@@ -1,0 +1,103 @@
+"""Settings: the only module that reads the environment.
+
+Each function parses what it needs once, at the edge, through a cached getter; the domain receives the
+resulting pydantic model. Tests call `reset_settings()` after changing the environment.
+Every variable is prefixed `TENANTML_` (e.g. TENANTML_REGISTRY_TABLE).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PREFIX = "TENANTML_"
+T = TypeVar("T", bound=BaseModel)
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @classmethod
+    def from_env(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            key = PREFIX + name.upper()
+            if key in env and env[key] != "":
+                values[name] = env[key]
+        return cls.model_validate(values)
+
+
+class AwsSettings(_Settings):
+    """Where the AWS SDK points. `endpoint_url` is set only in local mode (moto server)."""
+
+    region: str = Field(default_factory=lambda: os.environ.get("AWS_REGION")
+                        or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    endpoint_url: str | None = None
+
+
+class AuthSettings(_Settings):
+    """The JWT authorizer. Exactly one of jwks_url / jwks_json."""
+
+    jwks_url: str | None = None
+    jwks_json: str | None = None
+    issuer: str
+    audience: str
+    tenant_claim: str = "tenant_id"
+    leeway_seconds: int = Field(default=60, ge=0, le=60)
+    jwks_ttl_seconds: int = Field(default=300, ge=1)
+    jwks_min_refresh_seconds: int = Field(default=60, ge=1)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AuthSettings:
+        if bool(self.jwks_url) == bool(self.jwks_json):
+            raise ValueError("set exactly one of TENANTML_JWKS_URL or TENANTML_JWKS_JSON")
+        return self
+
+
+class RegistrySettings(_Settings):
+    """Where models live: the artifact bucket and the registry table."""
+
+    artifact_bucket: str
+    registry_table: str
+
+
+class ServingSettings(RegistrySettings):
+    """The inference function."""
+
+    max_batch: int = Field(default=64, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+    model_cache_mb: int = Field(default=512, ge=16)
+    prediction_cache_size: int = Field(default=2048, ge=0)
+    prediction_cache_ttl_seconds: int = Field(default=300, ge=0)
+    registry_cache_ttl_seconds: int = Field(default=30, ge=0)
+    preload_models: str = ""  # comma-separated "tenant/model[/version]" loaded at init (SnapStart, cold start)
+
+
+@functools.cache
+def get_aws_settings() -> AwsSettings:
+    return AwsSettings.from_env()
+
+
+@functools.cache
+def get_auth_settings() -> AuthSettings:
+    return AuthSettings.from_env()
+
+
+@functools.cache
+def get_registry_settings() -> RegistrySettings:
+    return RegistrySettings.from_env()
+
+
+@functools.cache
+def get_serving_settings() -> ServingSettings:
+    return ServingSettings.from_env()
+
+
+def reset_settings() -> None:
+    for getter in (get_aws_settings, get_auth_settings, get_registry_settings, get_serving_settings):
+        getter.cache_clear()

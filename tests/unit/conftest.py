@@ -1,0 +1,11 @@
+"""Unit tests are pure: sockets are disabled for the whole suite (pytest-socket)."""
+
+import pytest
+from pytest_socket import disable_socket, enable_socket
+
+
+@pytest.fixture(autouse=True)
+def _no_network():
+    disable_socket(allow_unix_socket=True)
+    yield
+    enable_socket()
