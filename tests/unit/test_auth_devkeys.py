@@ -1,0 +1,174 @@
+"""Local dev keys and `tenantml token`: persisted once (0600), public-only JWKS, tokens the verifier
+accepts."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+
+import jwt
+import pytest
+from tenantml.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, EC_FILE, RSA_FILE, ensure_dev_keys, token_command
+from tenantml.auth.jwks import JwksCache, StaticJwksSource
+from tenantml.auth.verifier import TokenVerifier
+from tenantml.cli import build_parser, main
+from tenantml.settings import AuthSettings
+
+PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("devkeys") / "keys"
+
+
+@pytest.fixture(scope="module")
+def keys(home):
+    return ensure_dev_keys(home)
+
+
+def verifier_for(keys) -> TokenVerifier:
+    settings = AuthSettings(**{k.removeprefix("TENANTML_").lower(): v for k, v in keys.auth_env().items()})
+    return TokenVerifier.from_settings(settings)
+
+
+def test_keys_are_persisted_with_owner_only_permissions(keys, home):
+    for name in (RSA_FILE, EC_FILE):
+        mode = stat.S_IMODE((home / name).stat().st_mode)
+        assert mode == 0o600, oct(mode)
+        assert (home / name).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert keys.rsa_private.key_size == 2048
+    assert keys.ec_private.curve.name == "secp256r1"
+
+
+def test_second_call_loads_the_same_keys(keys, home):
+    before = {p.name: p.read_bytes() for p in home.iterdir()}
+    again = ensure_dev_keys(home)
+    assert again.kids == keys.kids
+    assert {p.name: p.read_bytes() for p in home.iterdir()} == before
+    assert sorted(before) == sorted([RSA_FILE, EC_FILE])  # no temp files left behind
+
+
+def test_loose_permissions_are_tightened(tmp_path):
+    ensure_dev_keys(tmp_path)
+    (tmp_path / RSA_FILE).chmod(0o644)
+    ensure_dev_keys(tmp_path)
+    assert stat.S_IMODE((tmp_path / RSA_FILE).stat().st_mode) == 0o600
+
+
+def test_a_key_file_of_the_wrong_type_is_refused(tmp_path, keys, home):
+    tmp_path.joinpath(RSA_FILE).write_bytes((home / EC_FILE).read_bytes())
+    with pytest.raises(ValueError):
+        ensure_dev_keys(tmp_path)
+
+
+def test_jwks_is_public_only_with_distinct_thumbprint_kids(keys):
+    doc = keys.jwks()
+    assert [(k["kty"], k["alg"], k["use"]) for k in doc["keys"]] == [("RSA", "RS256", "sig"),
+                                                                     ("EC", "ES256", "sig")]
+    assert all(not (PRIVATE_MEMBERS & set(k)) for k in doc["keys"])
+    kids = [k["kid"] for k in doc["keys"]]
+    assert len(set(kids)) == 2 and all(len(k) == 43 for k in kids)  # base64url sha256
+    json.dumps(doc)
+
+
+RFC7638_N = (
+    "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJE"
+    "CPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2Q"
+    "vzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6"
+    "WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+)
+
+
+def test_kids_are_rfc7638_thumbprints(keys):
+    from tenantml.auth.devkeys import _thumbprint
+    # The worked example of RFC 7638 section 3.1.
+    expected = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    assert _thumbprint({"e": "AQAB", "kty": "RSA", "n": RFC7638_N}) == expected
+    rsa_jwk, ec_jwk = keys.jwks()["keys"]
+    assert rsa_jwk["kid"] == _thumbprint({m: rsa_jwk[m] for m in ("e", "kty", "n")})
+    assert ec_jwk["kid"] == _thumbprint({m: ec_jwk[m] for m in ("crv", "kty", "x", "y")})
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+    assert RSAAlgorithm.from_jwk(json.dumps(rsa_jwk)).public_numbers() == \
+        keys.rsa_private.public_key().public_numbers()
+    assert ECAlgorithm.from_jwk(json.dumps(ec_jwk)).public_numbers() == \
+        keys.ec_private.public_key().public_numbers()
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_minted_tokens_verify_against_the_dev_jwks(keys, alg):
+    token = keys.mint("acme", ["models:read", "models:write"], sub="alice", ttl=120, alg=alg)
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == alg and header["kid"] == keys.kids[alg]
+    claims = verifier_for(keys).verify(token)
+    assert (claims.tenant_id, claims.sub) == ("acme", "alice")
+    assert claims.scopes == frozenset({"models:read", "models:write"})
+    assert claims.raw["iss"] == DEV_ISSUER and claims.raw["aud"] == DEV_AUDIENCE
+    assert claims.raw["exp"] - claims.raw["iat"] == 120
+
+
+def test_minted_token_expires(keys):
+    token = keys.mint("acme", now=time.time() - 7200, ttl=60)
+    from tenantml.auth import DenyReason, InvalidToken
+    with pytest.raises(InvalidToken) as info:
+        verifier_for(keys).verify(token)
+    assert info.value.reason is DenyReason.EXPIRED
+
+
+def test_tokens_from_other_dev_keys_are_refused(keys, tmp_path):
+    other = ensure_dev_keys(tmp_path)
+    from tenantml.auth import DenyReason, InvalidToken
+    with pytest.raises(InvalidToken) as info:
+        verifier_for(keys).verify(other.mint("acme"))
+    assert info.value.reason is DenyReason.UNKNOWN_KID
+
+
+@pytest.mark.parametrize(("kwargs", "bad"), [
+    ({"tenant": "_shared"}, True), ({"tenant": "ACME"}, True), ({"tenant": ""}, True),
+    ({"tenant": "acme", "ttl": 0}, True), ({"tenant": "acme", "alg": "HS256"}, True),
+    ({"tenant": "acme", "scopes": ["two words"]}, True), ({"tenant": "acme", "scopes": "a b"}, False),
+])
+def test_mint_validates(keys, kwargs, bad):
+    if bad:
+        with pytest.raises(ValueError):
+            keys.mint(**kwargs)
+    else:
+        assert keys.mint(**kwargs).count(".") == 2
+
+
+def _verify_with_home_keys(tmp_path, token):
+    keys = ensure_dev_keys(tmp_path / ".tenantml" / "keys")
+    cache = JwksCache(StaticJwksSource(keys.jwks()))
+    return TokenVerifier(cache, issuer=DEV_ISSUER, audience=DEV_AUDIENCE).verify(token)
+
+
+def test_token_command_prints_only_the_token_with_default_scope(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["token", "--tenant", "acme"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.endswith("\n") and out.count("\n") == 1
+    claims = _verify_with_home_keys(tmp_path, out.strip())
+    assert (claims.tenant_id, claims.sub, claims.scopes) == ("acme", "dev-user", frozenset({"models:read"}))
+    assert (tmp_path / ".tenantml" / "keys" / RSA_FILE).exists()
+
+
+def test_token_command_admin_scope_es256_custom_sub_and_ttl(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["token", "--tenant", "globex", "--scope", "models:write",
+                                      "--sub", "ops", "--ttl", "60", "--alg", "ES256"])
+    assert token_command(args) == 0
+    token = capsys.readouterr().out.strip()
+    claims = _verify_with_home_keys(tmp_path, token)
+    assert (claims.tenant_id, claims.sub, claims.scopes) == ("globex", "ops", frozenset({"models:write"}))
+    assert jwt.get_unverified_header(token)["alg"] == "ES256"
+    assert claims.raw["exp"] - claims.raw["iat"] == 60
+
+
+def test_token_command_refuses_the_shared_tenant(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["token", "--tenant", "_shared"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "_shared" in err
