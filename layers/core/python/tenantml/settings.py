@@ -78,6 +78,19 @@ class ServingSettings(RegistrySettings):
     preload_models: str = ""  # comma-separated "tenant/model[/version]" loaded at init (SnapStart, cold start)
 
 
+class ObservabilitySettings(_Settings):
+    """X-Ray through the Powertools Tracer. Off by default: the X-Ray SDK builds a botocore client when it
+    is imported (~0.3-0.5 s of cold start on a 2-core machine). Lambda's own Active tracing still records
+    each invocation without it; turn this on to get subsegments (boto3 calls, model load, predict)."""
+
+    tracing: bool = False
+
+
+@functools.cache
+def get_observability_settings() -> ObservabilitySettings:
+    return ObservabilitySettings.from_env()
+
+
 @functools.cache
 def get_aws_settings() -> AwsSettings:
     return AwsSettings.from_env()
@@ -99,5 +112,5 @@ def get_serving_settings() -> ServingSettings:
 
 
 def reset_settings() -> None:
-    for getter in (get_aws_settings, get_auth_settings, get_registry_settings, get_serving_settings):
+    for getter in (get_observability_settings, get_aws_settings, get_auth_settings, get_registry_settings, get_serving_settings):
         getter.cache_clear()
