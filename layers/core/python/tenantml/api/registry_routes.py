@@ -1,0 +1,145 @@
+"""The registry's admin API (function `registry`; routes in tenantml.resources.ROUTES).
+
+    GET  /admin/models                          models the caller's tenant can call (own and shared)
+    GET  /admin/models/{model}/versions         versions of the model the tenant resolves
+    POST /admin/models/{model}/versions         register a version: 201 + Location
+    PUT  /admin/models/{model}/aliases/{alias}  point an alias at a version
+    GET  /admin/audit?limit=&next_token=        the tenant's audit log, newest first
+
+Every route needs scope `models:write`; the tenant comes only from the authorizer context. Writes go to
+the caller's own tenant (`_shared` needs `models:admin` as well).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tenantml import SHARED_TENANT
+from tenantml.api.context import Caller, caller_from_event
+from tenantml.api.errors import JSON, register_error_handlers
+from tenantml.errors import BadRequest
+from tenantml.manifest import VERSION_RE, Manifest
+from tenantml.observability import logger
+from tenantml.registry import ALIAS_RE, MAX_AUDIT_PAGE, AuditRecord, ModelSummary, VersionRecord
+from tenantml.registry.service import RegistrationService, check_write_access, summarize_validation
+from tenantml.resources import WRITE_SCOPE
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegisterVersionBody(_Body):
+    version: str | None = Field(default=None, pattern=VERSION_RE.pattern)
+    manifest: Manifest
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> base64 content")
+    aliases: list[str] = Field(default_factory=list, max_length=8)
+
+
+class SetAliasBody(_Body):
+    version: str = Field(pattern=VERSION_RE.pattern)
+
+
+def _parse(model: type[_Body], body: str | None) -> Any:
+    if not body:
+        raise BadRequest("request body must be a JSON object")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadRequest(summarize_validation(exc)) from None
+
+
+def _decode_files(files: dict[str, str]) -> dict[str, bytes]:
+    decoded = {}
+    for name, text in files.items():
+        try:
+            decoded[name] = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"files.{name}: not valid base64") from None
+    return decoded
+
+
+def _model_json(s: ModelSummary) -> dict[str, Any]:
+    return {"name": s.model, "owner": "shared" if s.owner == SHARED_TENANT else "own", "task": s.task,
+            "backend": s.backend, "versions": list(s.versions),
+            "latest": s.versions[-1] if s.versions else None, "aliases": s.aliases}
+
+
+def _version_json(r: VersionRecord, caller: Caller) -> dict[str, Any]:
+    out = {"version": r.version, "status": r.status, "registered_at": r.registered_at, "task": r.task,
+           "backend": r.backend, "aliases": list(r.aliases)}
+    if r.owner == caller.tenant:   # who registered a shared model is the platform's business
+        out["registered_by"] = r.registered_by
+    return out
+
+
+def _audit_json(r: AuditRecord) -> dict[str, Any]:
+    return {"id": r.id, "timestamp": r.timestamp, "action": r.action, "actor": r.actor, "model": r.model,
+            "version": r.version, "details": r.details}
+
+
+def create_app(service: Callable[[], RegistrationService]) -> APIGatewayRestResolver:
+    """The resolver; `service` is called on first use (settings and clients are made lazily, once)."""
+    app = APIGatewayRestResolver()
+    register_error_handlers(app)
+
+    def caller() -> Caller:
+        who = caller_from_event(app.current_event.raw_event)
+        logger.append_keys(tenant=who.tenant)
+        who.require(WRITE_SCOPE)
+        return who
+
+    @app.get("/admin/models")
+    def list_models() -> dict[str, Any]:
+        who = caller()
+        return {"models": [_model_json(s) for s in service().registry.list_models(who.tenant)]}
+
+    @app.get("/admin/models/<model>/versions")
+    def list_versions(model: str) -> dict[str, Any]:
+        who = caller()
+        records = service().registry.list_versions(who.tenant, model)
+        return {"model": model, "owner": "shared" if records and records[0].owner != who.tenant else "own",
+                "versions": [_version_json(r, who) for r in records]}
+
+    @app.post("/admin/models/<model>/versions")
+    def register_version(model: str) -> Response:
+        who = caller()
+        check_write_access(who, who.tenant)
+        body: RegisterVersionBody = _parse(RegisterVersionBody, app.current_event.decoded_body)
+        registered = service().register(owner=who.tenant, model=model, manifest=body.manifest, actor=who.sub,
+                                        version=body.version, files=_decode_files(body.files),
+                                        aliases=body.aliases)
+        out = {"model": registered.model, "version": registered.version, "aliases": body.aliases}
+        return Response(201, JSON, json.dumps(out),
+                        headers={"Location": f"/v2/models/{registered.model}/versions/{registered.version}"})
+
+    @app.put("/admin/models/<model>/aliases/<alias>")
+    def set_alias(model: str, alias: str) -> dict[str, Any]:
+        who = caller()
+        check_write_access(who, who.tenant)
+        if not ALIAS_RE.match(alias):
+            raise BadRequest(f"alias must match {ALIAS_RE.pattern}")
+        body: SetAliasBody = _parse(SetAliasBody, app.current_event.decoded_body)
+        change = service().set_alias(owner=who.tenant, model=model, alias=alias, version=body.version,
+                                     actor=who.sub)
+        return {"model": change.model, "alias": change.alias, "version": change.version,
+                "previous": change.previous}
+
+    @app.get("/admin/audit")
+    def list_audit() -> dict[str, Any]:
+        who = caller()
+        raw_limit = app.current_event.get_query_string_value("limit", "50")
+        if not raw_limit.isdigit():
+            raise BadRequest(f"limit must be an integer between 1 and {MAX_AUDIT_PAGE}")
+        page = service().registry.list_audit(who.tenant, int(raw_limit),
+                                             app.current_event.get_query_string_value("next_token"))
+        return {"records": [_audit_json(r) for r in page.records], "next_token": page.next_token}
+
+    return app

@@ -1,0 +1,132 @@
+"""`tenantml models register|list`: the operator's side of the registry (AWS credentials, any tenant).
+
+    tenantml models register .tenantml/models/project-risk --tenant acme [--model M] [--version V] [--alias A]
+    tenantml models list --tenant acme
+
+Settings come from the environment (TENANTML_ARTIFACT_BUCKET, TENANTML_REGISTRY_TABLE and, in local mode,
+TENANTML_ENDPOINT_URL). `register_folder` is the same flow without settings, for local mode and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from pydantic import ValidationError
+
+from tenantml.errors import BadRequest, IntegrityError, TenantMLError
+from tenantml.manifest import verify_file
+from tenantml.observability import logger
+from tenantml.registry import (
+    PRODUCTION_ALIAS,
+    ModelRegistry,
+    ModelSummary,
+    ModelVersion,
+    VerifiedArtifactStore,
+)
+from tenantml.registry.service import MANIFEST_FILE, RegistrationService, named, parse_manifest
+
+
+def register_folder(path: str | Path, tenant: str, registry: ModelRegistry, store: VerifiedArtifactStore, *,
+                    model: str | None = None, version: str | None = None,
+                    aliases: Sequence[str] = (PRODUCTION_ALIAS,), actor: str = "cli") -> ModelVersion:
+    """Upload a built model folder to `models/<tenant>/<model>/<version>/` and register it.
+
+    Local files are checked against the manifest before anything is uploaded; the service then verifies
+    what is stored (it re-hashes the objects) before it registers. Files in the folder that the manifest
+    does not list are not uploaded: nothing could ever verify them."""
+    folder = Path(path)
+    if not (folder / MANIFEST_FILE).is_file():
+        raise BadRequest(f"{folder} holds no {MANIFEST_FILE}")
+    manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes())
+    model = model or manifest.name
+    manifest = named(manifest, model)
+    service = RegistrationService(registry, store)
+    contents: dict[str, bytes] = {}
+    for name in sorted(manifest.files):
+        file = folder / name
+        if not file.is_file():
+            raise BadRequest(f"file '{name}' listed in the manifest is missing from {folder}")
+        try:
+            contents[name] = verify_file(manifest, name, file.read_bytes())
+        except IntegrityError:
+            raise BadRequest(f"file '{name}' in {folder} does not match the sha256/size in the "
+                             "manifest") from None
+    unlisted = sorted(p.name for p in folder.iterdir() if p.name not in contents and p.name != MANIFEST_FILE)
+    if unlisted:
+        logger.warning("files not listed in the manifest are not uploaded",
+                       extra={"tenant": tenant, "model": model, "files": unlisted})
+    version = service.prepare(tenant, model, manifest, version, aliases)
+    for name, data in contents.items():
+        service.upload_artifact(tenant, model, version, name, data)
+    return service.register(owner=tenant, model=model, manifest=manifest, actor=actor, version=version,
+                            aliases=aliases)
+
+
+def _clients():
+    from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
+    from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415
+    from tenantml.settings import get_aws_settings, get_registry_settings  # noqa: PLC0415
+
+    settings, aws = get_registry_settings(), get_aws_settings()
+    return DynamoRegistry(settings.registry_table, aws), S3ArtifactStore(settings.artifact_bucket, aws)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _fail(exc: Exception, err: TextIO | None) -> int:
+    err = err or sys.stderr
+    if isinstance(exc, ValidationError):
+        print("error: set TENANTML_ARTIFACT_BUCKET and TENANTML_REGISTRY_TABLE (and TENANTML_ENDPOINT_URL "
+              "in local mode)", file=err)
+        return 2
+    # An operator's terminal: the detail (S3 key, stored hash) helps and leaks to no tenant.
+    print(f"error: {exc}", file=err)
+    return 1
+
+
+def register_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    aliases = tuple(args.alias) if args.alias else (PRODUCTION_ALIAS,)
+    try:
+        registry, store = _clients()
+        registered = register_folder(args.path, args.tenant, registry, store, model=args.model,
+                                     version=args.version, aliases=aliases, actor=_actor())
+    except (TenantMLError, ValidationError) as exc:
+        return _fail(exc, err)
+    print(f"registered {registered.owner}/{registered.model} version {registered.version} "
+          f"(aliases: {', '.join(aliases)})", file=out or sys.stdout)
+    return 0
+
+
+def format_models(models: Sequence[ModelSummary], tenant: str) -> str:
+    header = ("MODEL", "OWNER", "TASK", "BACKEND", "PRODUCTION", "LATEST", "VERSIONS", "ALIASES")
+    rows = [header]
+    for m in models:
+        rows.append((m.model, "own" if m.owner == tenant else m.owner, m.task, m.backend,
+                     m.aliases.get(PRODUCTION_ALIAS, "-"), m.versions[-1] if m.versions else "-",
+                     str(len(m.versions)),
+                     ",".join(f"{a}={v}" for a, v in sorted(m.aliases.items())) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def list_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    try:
+        registry, _ = _clients()
+        models = registry.list_models(args.tenant)
+    except (TenantMLError, ValidationError) as exc:
+        return _fail(exc, err)
+    if not models:
+        print(f"no models for tenant {args.tenant}", file=out or sys.stdout)
+        return 0
+    print(format_models(models, args.tenant), file=out or sys.stdout)
+    return 0

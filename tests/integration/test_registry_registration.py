@@ -1,0 +1,115 @@
+"""Registration end to end on moto (DynamoDB + S3): the CLI verbs with settings from the environment, and
+the service's refusals leaving nothing registered."""
+
+from __future__ import annotations
+
+import pytest
+from moto import mock_aws
+from tenantml import cli, resources
+from tenantml.errors import BadRequest
+from tenantml.local.provision import create_resources, function_env
+from tenantml.manifest import BackboneRef, Manifest
+from tenantml.registry.dynamo import DynamoRegistry
+from tenantml.registry.memory import manifest_for
+from tenantml.registry.s3 import S3ArtifactStore
+from tenantml.registry.service import RegistrationService
+from tenantml.settings import AwsSettings, reset_settings
+
+AWS = AwsSettings(region="us-east-1")
+NAMES = resources.LocalNames.make("tenantml-test")
+FILES = {"model.onnx": b"\x08\x07a tabular model", "baseline.json": b'{"features": {"x": {}}}'}
+EMB = {"model.onnx": b"\x08\x07an embedding model", "tokenizer.json": b'{"model": {"vocab": {}}}'}
+
+
+@pytest.fixture
+def env(monkeypatch):
+    with mock_aws():
+        create_resources(AWS, NAMES)
+        for key, value in function_env(NAMES, AWS).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("TENANTML_ENDPOINT_URL", raising=False)
+        reset_settings()
+        yield
+    reset_settings()
+
+
+@pytest.fixture
+def svc(env) -> RegistrationService:
+    return RegistrationService(DynamoRegistry(NAMES.tables["registry"], AWS),
+                               S3ArtifactStore(NAMES.buckets["artifacts"], AWS))
+
+
+def build(folder, files, name, **kw):
+    folder.mkdir(parents=True)
+    for n, data in files.items():
+        (folder / n).write_bytes(data)
+    (folder / "manifest.json").write_text(manifest_for(name, files, **kw).model_dump_json())
+    return str(folder)
+
+
+def test_cli_registers_shared_backbone_then_a_tenant_head_and_lists_them(env, tmp_path, capsys):
+    backbone = build(tmp_path / "minilm-embed", EMB, "minilm-embed", task="embedding")
+    head_files = {"head.npz": b"prototypes"}
+    head = build(tmp_path / "tickets", head_files, "tickets", task="text-classification",
+                 backbone=BackboneRef(model="minilm-embed", version="1"))
+    assert cli.main(["models", "register", backbone, "--tenant", "_shared"]) == 0
+    assert cli.main(["models", "register", head, "--tenant", "acme", "--alias", "production",
+                     "--alias", "canary"]) == 0
+    out = capsys.readouterr().out
+    assert "registered _shared/minilm-embed version 1 (aliases: production)" in out
+    assert "registered acme/tickets version 1 (aliases: production, canary)" in out
+    assert cli.main(["models", "list", "--tenant", "acme"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[:3] for r in rows] == [["minilm-embed", "_shared", "embedding"],
+                                     ["tickets", "own", "text-classification"]]
+    store = S3ArtifactStore(NAMES.buckets["artifacts"], AWS)
+    assert store.get("acme", "tickets", "1", "head.npz") == b"prototypes"
+    stored = Manifest.model_validate_json(store.get("acme", "tickets", "1", "manifest.json"))
+    assert stored.backbone == BackboneRef(model="minilm-embed", version="1")
+    assert cli.main(["models", "list", "--tenant", "globex"]) == 0
+    assert "tickets" not in capsys.readouterr().out
+
+
+def test_cli_refuses_a_head_whose_backbone_does_not_resolve(env, tmp_path, capsys):
+    head = build(tmp_path / "tickets", {"head.npz": b"p"}, "tickets", task="text-classification",
+                 backbone=BackboneRef(model="minilm-embed", version="1"))
+    assert cli.main(["models", "register", head, "--tenant", "acme"]) == 1
+    assert "backbone model 'minilm-embed' version '1' not found" in capsys.readouterr().err
+    assert cli.main(["models", "list", "--tenant", "acme"]) == 0
+    assert "no models" in capsys.readouterr().out
+
+
+def test_sha256_mismatch_in_s3_is_refused_with_nothing_registered(svc):
+    manifest = manifest_for("risk", FILES)
+    svc.store.put("acme", "risk", "1", "baseline.json", FILES["baseline.json"])
+    svc.store.put("acme", "risk", "1", "model.onnx", b"\x08\x07a tabular modeL")   # same size
+    with pytest.raises(BadRequest) as exc:
+        svc.register(owner="acme", model="risk", manifest=manifest, actor="u", version="1")
+    assert exc.value.public_message == "file 'model.onnx' does not match the sha256/size in the manifest"
+    assert svc.registry.list_models("acme") == [] and svc.registry.list_audit("acme").records == ()
+    assert svc.store.digest("acme", "risk", "1", "manifest.json") is None
+
+
+def test_missing_file_is_refused_and_then_registration_succeeds_once_uploaded(svc):
+    manifest = manifest_for("risk", FILES)
+    svc.store.put("acme", "risk", "1", "model.onnx", FILES["model.onnx"])
+    with pytest.raises(BadRequest, match="baseline.json"):
+        svc.register(owner="acme", model="risk", manifest=manifest, actor="u", version="1")
+    assert svc.registry.list_models("acme") == []
+    svc.store.put("acme", "risk", "1", "baseline.json", FILES["baseline.json"])
+    mv = svc.register(owner="acme", model="risk", manifest=manifest, actor="u", version="1",
+                      aliases=["production"])
+    assert svc.registry.resolve("acme", "risk") == mv
+    assert Manifest.model_validate_json(svc.store.get("acme", "risk", "1", "manifest.json")) == manifest
+
+
+def test_inline_registration_of_a_shared_backbone_and_a_foreign_backbone_refusal(svc):
+    svc.register(owner="globex", model="private-embed", manifest=manifest_for("private-embed", EMB,
+                 task="embedding"), actor="g", files=EMB)
+    head_files = {"head.npz": b"p"}
+    foreign = manifest_for("tickets", head_files, task="text-classification",
+                           backbone=BackboneRef(tenant="globex", model="private-embed", version="1"))
+    with pytest.raises(BadRequest) as exc:
+        svc.register(owner="acme", model="tickets", manifest=foreign, actor="u", files=head_files)
+    assert "globex" not in exc.value.public_message
+    assert svc.store.digest("acme", "tickets", "1", "head.npz") is None

@@ -1,0 +1,152 @@
+"""The admin API's mapping (tenantml.api.registry_routes) on the in-memory fakes, fed from events/*.json:
+scopes, tenancy from the authorizer context only, and client-safe 400s."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+
+import pytest
+from tenantml import resources
+from tenantml.api.registry_routes import create_app
+from tenantml.registry.memory import MemoryArtifactStore, MemoryRegistry, manifest_for
+from tenantml.registry.service import RegistrationService
+
+
+@pytest.fixture
+def svc() -> RegistrationService:
+    return RegistrationService(MemoryRegistry(), MemoryArtifactStore())
+
+
+@pytest.fixture
+def call(svc, lambda_context):
+    app = create_app(lambda: svc)
+
+    def invoke(event: dict) -> tuple[int, dict, dict]:
+        resp = app.resolve(event, lambda_context)
+        headers = {**(resp.get("headers") or {}),
+                   **{k: v[-1] for k, v in (resp.get("multiValueHeaders") or {}).items()}}
+        return resp["statusCode"], json.loads(resp["body"]), headers
+    return invoke
+
+
+def as_caller(event: dict, tenant: str | None = "acme", scopes: str = "models:write") -> dict:
+    event = copy.deepcopy(event)
+    auth = event["requestContext"]["authorizer"]
+    auth["scopes"] = scopes
+    if tenant is None:
+        auth.pop("tenant_id")
+    else:
+        auth["tenant_id"] = tenant
+    return event
+
+
+def with_body(event: dict, body) -> dict:
+    event = copy.deepcopy(event)
+    event["body"] = body if isinstance(body, str) or body is None else json.dumps(body)
+    return event
+
+
+def test_register_answers_201_with_location(call, load_event, svc):
+    status, body, headers = call(load_event("registry-register-version"))
+    assert status == 201
+    assert body == {"model": "churn-risk", "version": "1", "aliases": ["production"]}
+    assert headers["Location"] == "/v2/models/churn-risk/versions/1"
+    mv = svc.registry.resolve("acme", "churn-risk")
+    assert mv.version == "1" and svc.registry.audit("acme")[0].actor == "ml-engineer-7"
+
+
+@pytest.mark.parametrize("event", ["registry-register-version", "registry-list-models", "registry-audit",
+                                   "registry-list-versions", "registry-set-alias"])
+def test_every_route_needs_models_write_and_an_authorizer_tenant(call, load_event, event):
+    status, body, _ = call(as_caller(load_event(event), scopes="inference:invoke models:read"))
+    assert (status, body) == (403, {"error": "missing scope 'models:write'"})
+    status, _, _ = call(as_caller(load_event(event), tenant=None))
+    assert status == 401
+
+
+def test_the_tenant_comes_only_from_the_authorizer(call, load_event, svc):
+    event = load_event("registry-register-version")
+    event["headers"]["X-Tenant-Id"] = "globex"
+    event["queryStringParameters"] = {"tenant": "globex"}
+    body = json.loads(event["body"])
+    body["tenant"] = "globex"
+    status, answer, _ = call(with_body(event, body))
+    assert status == 400 and "tenant" in answer["error"]      # unknown body fields are refused
+    event["body"] = load_event("registry-register-version")["body"]
+    assert call(event)[0] == 201
+    assert svc.registry.list_models("globex") == []
+
+
+def test_shared_registrations_need_models_admin(call, load_event):
+    event = load_event("registry-register-version")
+    assert call(as_caller(event, tenant="_shared"))[0] == 403
+    assert call(as_caller(event, tenant="_shared", scopes="models:write models:admin"))[0] == 201
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (None, "request body must be a JSON object"),
+    ("{not json", "invalid request"),
+    ({"manifest": {"name": "churn-risk"}}, "manifest.task: Field required"),
+    ({"version": "../../etc", "manifest": {}}, "version: String should match pattern"),
+])
+def test_bad_bodies_are_400s_that_name_the_problem(call, load_event, body, expected):
+    status, answer, _ = call(with_body(load_event("registry-register-version"), body))
+    assert status == 400 and expected in answer["error"]
+    assert "Traceback" not in answer["error"] and "pydantic" not in answer["error"]
+
+
+def test_bad_base64_and_mismatching_files_register_nothing(call, load_event, svc):
+    event = load_event("registry-register-version")
+    body = json.loads(event["body"])
+    body["files"]["model.onnx"] = "%%%not-base64"
+    status, answer, _ = call(with_body(event, body))
+    assert (status, answer) == (400, {"error": "files.model.onnx: not valid base64"})
+    body["files"]["model.onnx"] = base64.b64encode(b"not the model the manifest describes").decode()
+    status, answer, _ = call(with_body(event, body))
+    assert status == 400 and "model.onnx" in answer["error"] and "sha256" in answer["error"]
+    assert svc.registry.list_models("acme") == [] and svc.store.objects == {}
+
+
+def test_aliases_and_versions(call, load_event, svc):
+    assert call(load_event("registry-register-version"))[0] == 201
+    files = {"model.onnx": b"v2"}
+    svc.register(owner="acme", model="churn-risk", manifest=manifest_for("churn-risk", files), actor="u",
+                 files=files)
+    status, body, _ = call(with_body(load_event("registry-set-alias"), {"version": "2"}))
+    assert (status, body) == (200, {"model": "churn-risk", "alias": "production", "version": "2",
+                                    "previous": "1"})
+    status, body, _ = call(load_event("registry-list-versions"))
+    assert status == 200 and body["owner"] == "own"
+    assert [(v["version"], v["aliases"]) for v in body["versions"]] == [("1", []), ("2", ["production"])]
+    assert call(with_body(load_event("registry-set-alias"), {"version": "9"}))[0] == 404
+    bad_alias = load_event("registry-set-alias")
+    bad_alias["path"] = "/admin/models/churn-risk/aliases/Prod%20uction"
+    assert call(bad_alias)[0] == 400
+
+
+def test_audit_paging_parameters(call, load_event):
+    event = load_event("registry-audit")
+    for limit in ("0", "101", "ten", "-1"):
+        event["queryStringParameters"] = {"limit": limit}
+        assert call(event)[0] == 400
+    event["queryStringParameters"] = {"next_token": "forged"}
+    assert call(event)[:2] == (400, {"error": "invalid next_token"})
+
+
+def test_unknown_model_is_404_for_listing_versions(call, load_event):
+    status, body, _ = call(load_event("registry-list-versions"))
+    assert (status, body) == (404, {"error": "model 'churn-risk' not found"})
+
+
+def test_every_registry_route_of_the_stack_is_served(call, load_event):
+    """Each (method, path) that resources.ROUTES sends to `registry` reaches a route of this app."""
+    base = load_event("registry-list-models")
+    for route in (r for r in resources.ROUTES if r.function == "registry"):
+        event = as_caller(base, scopes="")
+        event["httpMethod"] = route.method
+        event["path"] = re.sub(r"\{[^}]+\}", "x", route.path)
+        status, body, _ = call(event)
+        assert (status, body) == (403, {"error": "missing scope 'models:write'"}), route
