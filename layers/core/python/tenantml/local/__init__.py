@@ -1,1 +1,1 @@
-"""Local mode: the whole platform on one machine, no Docker, no AWS account (moto + an API Gateway emulator)."""
+"""Local mode: the whole platform on one machine, no Docker, no AWS account (moto + API Gateway emulator)."""

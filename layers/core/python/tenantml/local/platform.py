@@ -1,0 +1,331 @@
+"""`tenantml local`: the whole platform on this machine, no Docker and no AWS account.
+
+    moto (S3, DynamoDB, ...) on 127.0.0.1:<moto-port>   <- every boto3 call of the functions
+    API Gateway emulator on <host>:<port>                -> authorizer, inference, registry handlers
+
+Steps: start moto; create the tables and bucket from the same definitions the CDK app uses; set the
+functions' environment (AWS endpoint, resource names, the authorizer trusting the local dev keys); build
+the example models (cached); register them; start the API; write .tenantml/local.json (for `tenantml
+invoke` and tooling); print a dev token and two curl commands; serve until Ctrl-C.
+
+`start_platform()` does the same without blocking and returns a `Platform` (the e2e tests use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tenantml import SHARED_TENANT, resources
+from tenantml.local import provision
+from tenantml.local.apigw import DEFAULT_AUTHORIZER_TTL_S, ApiConfig, ApiGatewayEmulator, ApiServer
+from tenantml.local.context import EnvPatch, LocalFunction, handler_path
+from tenantml.local.invoke import STATE_FILE
+from tenantml.local.moto_server import (
+    DUMMY_CREDENTIALS,
+    PROFILE_VARIABLES,
+    MotoServer,
+    MotoServerError,
+    port_is_free,
+)
+from tenantml.settings import AwsSettings
+
+REGION = "us-east-1"
+DEMO_TENANT = "acme"
+DEMO_SCOPES = ("models:read", "models:write")
+MODEL_VERSION = "1"
+# (built model folder, owner tenant). Order matters: work-item-classifier's head sits on
+# _shared/minilm-embed/1, which must be registered first.
+REGISTRATIONS: tuple[tuple[str, str], ...] = (
+    ("minilm-embed", SHARED_TENANT),
+    ("minilm-embed-fp32", SHARED_TENANT),
+    ("work-item-classifier", SHARED_TENANT),
+    ("project-risk", DEMO_TENANT),
+)
+# Variables that would point the functions somewhere else than the emulator or the dev keys.
+REMOVED_VARIABLES = (*PROFILE_VARIABLES, "TENANTML_JWKS_URL", "AWS_ENDPOINT_URL")
+
+Say = Callable[[str], None]
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass
+class Platform:
+    """A running local platform. `stop()` stops everything and restores the process environment."""
+
+    moto: MotoServer
+    api: ApiServer
+    keys: Any                      # tenantml.auth.devkeys.DevKeys
+    names: resources.LocalNames
+    aws: AwsSettings
+    env: dict[str, str]
+    models_dir: Path
+    state_file: Path
+    registered: list[dict[str, str]] = field(default_factory=list)
+    _env_patch: EnvPatch | None = None
+    _stopped: bool = False
+
+    @property
+    def base_url(self) -> str:
+        return self.api.base_url
+
+    @property
+    def emulator(self) -> ApiGatewayEmulator:
+        return self.api.emulator
+
+    def token(self, tenant: str = DEMO_TENANT, scopes: Iterable[str] | str = ("models:read",),
+              **kw: Any) -> str:
+        """A dev JWT the authorizer accepts (kw: sub, ttl, alg, now, ...; see DevKeys.mint)."""
+        return self.keys.mint(tenant, scopes, **kw)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "api": {"base_url": self.base_url, "host": self.api.host, "port": self.api.port,
+                    "stage": self.emulator.config.stage, "api_id": self.emulator.config.api_id},
+            "moto": {"endpoint_url": self.moto.endpoint_url, "port": self.moto.port},
+            "names": {"tables": dict(self.names.tables), "buckets": dict(self.names.buckets)},
+            "models_dir": str(self.models_dir),
+            "registered": self.registered,
+            "env": dict(self.env),
+        }
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self.api.stop()
+        finally:
+            try:
+                self.moto.stop()
+            finally:
+                if self._env_patch is not None:
+                    self._env_patch.restore()
+                _remove_state(self.state_file)
+
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _remove_state(path: Path) -> None:
+    """Remove the state file if it is ours (another platform may have written it since)."""
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _step(say: Say, n: int, total: int, text: str):
+    """Context manager printing `[n/total] text ... ok (x.x s)`."""
+
+    class _Step:
+        def __enter__(self) -> None:
+            self.t0 = time.perf_counter()
+            say(f"[{n}/{total}] {text} ...")
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            took = time.perf_counter() - self.t0
+            say(f"[{n}/{total}] {text}: {'ok' if exc_type is None else 'FAILED'} ({took:.1f} s)")
+
+    return _Step()
+
+
+def function_environment(names: resources.LocalNames, aws: AwsSettings, keys: Any) -> dict[str, str]:
+    """Everything the functions need in local mode, and only in local mode."""
+    return {
+        **DUMMY_CREDENTIALS,
+        **provision.function_env(names, aws),
+        **keys.auth_env(),                       # TENANTML_JWKS_JSON, TENANTML_ISSUER, TENANTML_AUDIENCE
+        "POWERTOOLS_TRACE_DISABLED": "true",     # no X-Ray daemon here
+    }
+
+
+def load_functions(root: Path | None = None) -> dict[str, LocalFunction]:
+    return {fn.name: LocalFunction(fn, handler_path(fn.name, root)) for fn in resources.FUNCTIONS}
+
+
+def register_models(folders: dict[str, Path], aws: AwsSettings, names: resources.LocalNames, say: Say,
+                    ) -> list[dict[str, str]]:
+    """Register each built model of REGISTRATIONS as version 1 (alias production) of its owner."""
+    from tenantml.registry.cli import register_folder  # noqa: PLC0415 - heavy, only when registering
+    from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
+    from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415
+
+    registry = DynamoRegistry(names.tables[resources.REGISTRY_TABLE.id], aws)
+    store = S3ArtifactStore(names.buckets[resources.ARTIFACT_BUCKET.id], aws)
+    done = []
+    for model, tenant in REGISTRATIONS:
+        folder = folders[model]
+        if not (folder / "manifest.json").is_file():
+            say(f"      skipped {tenant}/{model}: no build in {folder}")
+            continue
+        register_folder(folder, tenant, registry, store, model=model, version=MODEL_VERSION,
+                        aliases=("production",), actor="tenantml-local")
+        done.append({"tenant": tenant, "model": model, "version": MODEL_VERSION})
+        say(f"      registered {tenant}/{model} version {MODEL_VERSION}")
+    return done
+
+
+def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127.0.0.1", port: int = 8080,
+                   moto_port: int = 5005, build: bool = True, *, home: Path | str = ".tenantml",
+                   authorizer_ttl_s: float = DEFAULT_AUTHORIZER_TTL_S, functions_root: Path | None = None,
+                   say: Say = _print) -> Platform:
+    """Start everything (ports 0 pick free ones) and return the running Platform; on any failure what
+    was started is stopped again (and the environment restored) before the error propagates.
+    `home` holds the dev keys (home/keys) and the state file (home/local.json)."""
+    from tenantml.auth.devkeys import ensure_dev_keys  # noqa: PLC0415
+
+    home, models_dir = Path(home), Path(models_dir)
+    total = 6
+    moto = MotoServer(host="127.0.0.1", port=moto_port)
+    env_patch: EnvPatch | None = None
+    api: ApiServer | None = None
+    if port and not port_is_free(host, port):  # fail before the slow steps, not after them
+        raise OSError(errno.EADDRINUSE, f"API port {host}:{port} is in use")
+    try:
+        with _step(say, 1, total, "AWS emulator (moto)"):
+            moto.start()
+            say(f"      {moto.endpoint_url}")
+        aws = AwsSettings(region=REGION, endpoint_url=moto.endpoint_url)
+        names = resources.LocalNames.make()
+        with _step(say, 2, total, "dev keys and function environment"):
+            keys = ensure_dev_keys(home / "keys")
+            env = function_environment(names, aws, keys)
+            # From here on the process has dummy credentials: nothing in it can reach a real account.
+            env_patch = EnvPatch(env, remove=REMOVED_VARIABLES).apply()
+            say(f"      issuer {keys.issuer}, keys in {home / 'keys'}")
+        with _step(say, 3, total, "tables and bucket (tenantml.resources, as in the CDK app)"):
+            provision.create_resources(aws, names)
+            say(f"      {', '.join([*names.tables.values(), *names.buckets.values()])}")
+        folders = {model: models_dir / model for model, _ in REGISTRATIONS}
+        if build:
+            with _step(say, 4, total, f"models (cached in {models_dir})"):
+                from tenantml.build.pipeline import build_models  # noqa: PLC0415
+
+                built = build_models(models_dir, progress=lambda line: say(f"      {line}"))
+                folders.update({name: Path(path) for name, path in built.items()})
+        else:
+            say(f"[4/{total}] models: not building (--no-build), using {models_dir}")
+        with _step(say, 5, total, "register models"):
+            registered = register_models(folders, aws, names, say)
+        with _step(say, 6, total, "API Gateway emulator"):
+            functions = load_functions(functions_root)
+            for fn in functions.values():
+                try:  # cold starts now, with the environment set, not on the first request
+                    fn.load()
+                except Exception:  # noqa: BLE001 - like Lambda: an init error fails the requests (502)
+                    logging.getLogger("tenantml-local.apigw").exception("%s failed to initialise", fn.name)
+                    say(f"      {fn.name}: init FAILED (its requests answer 502; see the log)")
+            emulator = ApiGatewayEmulator(functions, config=ApiConfig(authorizer_ttl_s=authorizer_ttl_s))
+            api = ApiServer(emulator, host=host, port=port).start()
+            say(f"      {api.base_url} (stage prefix /{emulator.config.stage} optional)")
+        platform = Platform(moto=moto, api=api, keys=keys, names=names, aws=aws, env=env,
+                            models_dir=models_dir, state_file=home / STATE_FILE.name, registered=registered,
+                            _env_patch=env_patch)
+        platform.state_file.parent.mkdir(parents=True, exist_ok=True)
+        platform.state_file.write_text(json.dumps(platform.state(), indent=2) + "\n")
+        return platform
+    except BaseException:
+        if api is not None:
+            api.stop()
+        moto.stop()
+        if env_patch is not None:
+            env_patch.restore()
+        raise
+
+
+def infer_body(models_dir: Path, model: str, value: Any) -> dict[str, Any]:
+    """An OIP request for `model` with one row, named after the model's first input."""
+    try:
+        manifest = json.loads((models_dir / model / "manifest.json").read_text())
+        spec = manifest["inputs"][0]
+        name, datatype = spec["name"], spec["datatype"]
+    except (OSError, ValueError, KeyError, IndexError):
+        name, datatype = "text", "BYTES"
+    return {"inputs": [{"name": name, "datatype": datatype, "shape": [1], "data": [value]}]}
+
+
+def usage(platform: Platform, token: str) -> list[str]:
+    base = platform.base_url
+    embed = infer_body(platform.models_dir, "minilm-embed", "The build pipeline is green again")
+    classify = infer_body(platform.models_dir, "work-item-classifier",
+                          "App crashes with a null pointer exception when saving the settings page")
+
+    def curl(model: str, body: dict[str, Any]) -> str:
+        return (f'curl -s {base}/v2/models/{model}/infer -H "Authorization: Bearer $TOKEN" '
+                f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}")
+
+    return [
+        "",
+        f"tenantml is running at {base}   (Ctrl-C stops it)",
+        f"dev token for tenant {DEMO_TENANT} ({' '.join(DEMO_SCOPES)}), valid 1 h "
+        f"(more: tenantml token --tenant {DEMO_TENANT}):",
+        f"export TOKEN={token}",
+        "",
+        f'curl -s {base}/v2/models -H "Authorization: Bearer $TOKEN"',
+        curl("minilm-embed", embed),
+        curl("work-item-classifier", classify),
+        "",
+        f"state for `tenantml invoke`: {platform.state_file}",
+    ]
+
+
+def local_command(args: argparse.Namespace) -> int:
+    _configure_logging()
+    try:
+        platform = start_platform(args.models_dir, host=args.host, port=args.port, moto_port=args.moto_port,
+                                  build=not args.no_build)
+    except (OSError, MotoServerError) as exc:  # typically a port in use
+        print(f"tenantml local: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tenantml local: interrupted while starting; everything started was stopped", file=sys.stderr)
+        return 130
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for line in usage(platform, platform.token(DEMO_TENANT, DEMO_SCOPES)):
+            _print(line)
+        while not stop.wait(0.5):
+            pass
+        _print("stopping ...")
+    finally:
+        platform.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _print("stopped")
+    return 0
+
+
+def _configure_logging() -> None:
+    """Access log and emulator messages to stderr, one line each (the functions log JSON to stdout)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    local = logging.getLogger("tenantml-local")
+    local.addHandler(handler)
+    local.setLevel(logging.INFO)
+    local.propagate = False

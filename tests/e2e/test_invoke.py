@@ -1,0 +1,90 @@
+"""`tenantml invoke` as a user runs it: a subprocess in a project folder, next to a running local platform
+whose state file (.tenantml/local.json) gives the functions their environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def project(platform, local_home: Path) -> Path:
+    """The folder holding the platform's .tenantml/, with the repository's functions/ and events/."""
+    folder = local_home.parent
+    for name in ("functions", "events"):
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(ROOT / name, target_is_directory=True)
+    assert (local_home / "local.json").is_file()
+    return folder
+
+
+def tenantml(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("tenantml")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "tenantml.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TENANTML_", "AWS_"))}
+    return subprocess.run([*cmd, *args], cwd=project, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_invoke_health_live(project):
+    done = tenantml(project, "invoke", "inference", "events/inference-health-live.json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)  # stdout holds the result and nothing else
+    assert result["statusCode"] == 200 and json.loads(result["body"]) == {"live": True}
+
+
+def _captured_event(platform, client, token: str, path: str, body: dict) -> dict:
+    """The proxy event the emulator hands the inference function for a real request."""
+    fn = platform.emulator.functions["inference"]
+    seen: list[dict] = []
+    original = fn.invoke
+
+    def spy(event):
+        seen.append(event)
+        return original(event)
+
+    fn.invoke = spy
+    try:
+        reply = client.post(path, token=token, body=body)
+    finally:
+        del fn.invoke
+    assert reply.status == 200, reply.body
+    return seen[-1]
+
+
+def test_invoke_reaches_the_local_platform(project, platform, client, acme, tmp_path):
+    """A real infer event for tenant acme, replayed through `tenantml invoke`: the handler finds the
+    registered model through the state file's environment (moto endpoint, table and bucket names)."""
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]}
+    event = _captured_event(platform, client, acme, "/v2/models/minilm-embed/infer", body)
+    assert event["requestContext"]["authorizer"]["tenant_id"] == "acme"
+    path = tmp_path / "embed.json"
+    path.write_text(json.dumps(event))
+    done = tenantml(project, "invoke", "inference", str(path))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["statusCode"] == 200, result
+    emb = {o["name"]: o for o in json.loads(result["body"])["outputs"]}["embedding"]
+    assert emb["shape"] == [1, 384]
+
+
+def test_invoke_reports_a_failing_handler(project, tmp_path):
+    broken = tmp_path / "functions" / "broken" / "handler.py"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("def handler(event, context):\n    raise RuntimeError('nope')\n")
+    (tmp_path / "event.json").write_text("{}")
+    script = Path(sys.executable).with_name("tenantml")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "tenantml.cli"]
+    done = subprocess.run([*cmd, "invoke", "broken", "event.json"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "broken raised RuntimeError" in done.stderr
