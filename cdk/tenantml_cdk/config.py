@@ -1,0 +1,167 @@
+"""Deployment configuration: CDK context -> one validated, frozen model.
+
+Every value comes from CDK context (`cdk.json` "context", or `-c key=value` on the command line, which
+wins). `load_config` validates once; a missing or invalid value fails synth with an error that names the
+context key and shows how to pass it. Function sizing keys are derived from `tenantml.resources.FUNCTIONS`
+(`<function>_memory_mb`, `<function>_timeout_seconds`), so a new function gets its keys for free.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tenantml import resources
+
+# CloudWatch Logs accepts only these retention periods (days).
+RETENTION_DAYS: dict[int, str] = {
+    1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS", 30: "ONE_MONTH",
+    60: "TWO_MONTHS", 90: "THREE_MONTHS", 120: "FOUR_MONTHS", 150: "FIVE_MONTHS", 180: "SIX_MONTHS",
+    365: "ONE_YEAR", 400: "THIRTEEN_MONTHS", 545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS",
+    1096: "THREE_YEARS", 1827: "FIVE_YEARS", 2192: "SIX_YEARS", 2557: "SEVEN_YEARS",
+    2922: "EIGHT_YEARS", 3288: "NINE_YEARS", 3653: "TEN_YEARS",
+}
+
+# Hosts reserved for documentation (RFC 2606 / RFC 6761): fine for synth, never a real identity provider.
+_EXAMPLE_HOST = re.compile(r"(^|\.)(example\.(com|net|org)|example|invalid|test|localhost)$")
+_PRELOAD_ITEM = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$")
+
+
+class ConfigError(ValueError):
+    """Invalid deployment configuration; the message names the CDK context keys to fix."""
+
+
+class FunctionSizing(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    memory_mb: int = Field(ge=128, le=10240)
+    timeout_seconds: int = Field(ge=1, le=900)
+
+
+class AppConfig(BaseModel):
+    """What the CDK app needs to know; field names are the CDK context keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stage: str = Field(default=resources.DEFAULT_STAGE, pattern=r"^[A-Za-z0-9_]{1,64}$",
+                       description="API Gateway stage name (also part of the API and dashboard names)")
+    jwks_url: str = Field(description="https URL of the identity provider's JSON Web Key Set")
+    issuer: str = Field(min_length=1, description="expected `iss` claim")
+    audience: str = Field(min_length=1, description="expected `aud` claim")
+    tenant_claim: str = Field(default="tenant_id", min_length=1, pattern=r"^[A-Za-z0-9_:./-]+$",
+                              description="the JWT claim that carries the tenant id")
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    functions: dict[str, FunctionSizing]
+    authorizer_cache_ttl_seconds: int = Field(default=300, ge=0, le=3600)
+    throttling_rate_limit: float = Field(default=100.0, gt=0, le=10_000)
+    throttling_burst_limit: int = Field(default=200, ge=1, le=5_000)
+    snapstart: bool = False
+    preload_models: str = Field(default="", description="comma-separated tenant/model[/version] "
+                                                        "loaded at init (cold start, SnapStart)")
+    log_retention_days: int = 30
+    sam_local: bool = Field(default=False, description="declare empty, overridable TENANTML_ENDPOINT_URL / "
+                                                       "TENANTML_JWKS_JSON so `sam local invoke --env-vars` "
+                                                       "can point functions at local mode")
+    alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    account: str | None = Field(default=None, pattern=r"^\d{12}$")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _https_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("must be an https:// URL")
+        return value
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in RETENTION_DAYS:
+            raise ValueError(f"must be one of {sorted(RETENTION_DAYS)}")
+        return value
+
+    @field_validator("preload_models")
+    @classmethod
+    def _preload(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        bad = [item for item in items if not _PRELOAD_ITEM.match(item)]
+        if bad:
+            raise ValueError(f"items must look like tenant/model or tenant/model/version, got {bad}")
+        return ",".join(items)
+
+    @field_validator("functions")
+    @classmethod
+    def _every_function(cls, value: dict[str, FunctionSizing]) -> dict[str, FunctionSizing]:
+        expected = {f.name for f in resources.FUNCTIONS}
+        if set(value) != expected:
+            raise ValueError(f"sizing must cover exactly {sorted(expected)}")
+        return value
+
+    def sizing(self, function: str) -> FunctionSizing:
+        return self.functions[function]
+
+    @property
+    def uses_example_identity_provider(self) -> bool:
+        host = urlsplit(self.jwks_url).hostname or ""
+        return bool(_EXAMPLE_HOST.search(host))
+
+
+def memory_key(function: str) -> str:
+    return f"{function}_memory_mb"
+
+
+def timeout_key(function: str) -> str:
+    return f"{function}_timeout_seconds"
+
+
+def context_keys() -> list[str]:
+    """Every CDK context key the app reads."""
+    plain = [name for name in AppConfig.model_fields if name != "functions"]
+    sized = [key for f in resources.FUNCTIONS for key in (memory_key(f.name), timeout_key(f.name))]
+    return plain + sized
+
+
+def _context_key(loc: tuple[int | str, ...]) -> str:
+    if loc and loc[0] == "functions" and len(loc) >= 3:
+        return memory_key(str(loc[1])) if loc[2] == "memory_mb" else timeout_key(str(loc[1]))
+    return str(loc[0]) if loc else "(context)"
+
+
+def _hint(key: str) -> str:
+    example = {"jwks_url": "https://YOUR_IDP/.well-known/jwks.json", "issuer": "https://YOUR_IDP/",
+               "audience": "YOUR_API_AUDIENCE"}.get(key, "...")
+    return f"pass `-c {key}={example}` or set \"{key}\" in the \"context\" of cdk.json"
+
+
+def load_config(context: Mapping[str, Any] | Callable[[str], Any]) -> AppConfig:
+    """Validate the CDK context. `context` is a mapping or a lookup such as `node.try_get_context`."""
+    lookup: Callable[[str], Any] = context.get if isinstance(context, Mapping) else context
+    values: dict[str, Any] = {}
+    for name in AppConfig.model_fields:
+        if name == "functions":
+            continue
+        value = lookup(name)
+        if value is not None and value != "":
+            values[name] = value
+    values["functions"] = {
+        f.name: {"memory_mb": _or(lookup(memory_key(f.name)), f.memory_mb),
+                 "timeout_seconds": _or(lookup(timeout_key(f.name)), f.timeout_s)}
+        for f in resources.FUNCTIONS
+    }
+    try:
+        return AppConfig.model_validate(values)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = _context_key(tuple(err["loc"]))
+            lines.append(f"  - context key '{key}': {err['msg']} ({_hint(key)})")
+        raise ConfigError("invalid CDK context for tenantml:\n" + "\n".join(lines)) from None
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None or value == "" else value

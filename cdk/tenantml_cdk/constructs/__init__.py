@@ -1,0 +1,1 @@
+"""One construct per concern: storage, layers, the function factory, the API, monitoring."""

@@ -1,0 +1,206 @@
+"""The REST API: one method per `tenantml.resources.ROUTES` entry, Lambda proxy integrations, the JWT
+REQUEST authorizer on every `auth=True` route, a throttled, traced and access-logged stage, and gateway
+responses shaped like the API's own errors (`{"error": "..."}`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from tenantml import resources
+from tenantml_cdk.config import AppConfig
+from tenantml_cdk.constructs.functions import retention
+from tenantml_cdk.nag import acknowledge
+
+AUTH_HEADER = "Authorization"
+CUSTOM, NONE = apigw.AuthorizationType.CUSTOM, apigw.AuthorizationType.NONE
+# The authorizer context key that carries the tenant (docs/design: {tenant_id, sub, scopes}).
+TENANT_CONTEXT_KEY = "tenant_id"
+
+# Open Inference Protocol v2 inference request (JSON schema draft-04, what API Gateway validates):
+# rejects a body without a non-empty `inputs` list before a Lambda is invoked.
+OIP_INFER_REQUEST = {
+    "$schema": "http://json-schema.org/draft-04/schema#",
+    "title": "InferenceRequest",
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {
+            "type": "array", "minItems": 1,
+            "items": {"type": "object", "required": ["name", "shape", "datatype", "data"],
+                      "properties": {"name": {"type": "string"},
+                                     "shape": {"type": "array", "items": {"type": "integer"}},
+                                     "datatype": {"type": "string"},
+                                     "parameters": {"type": "object"}}},
+        },
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+    },
+}
+
+
+def access_log_format() -> apigw.AccessLogFormat:
+    """One JSON object per request. Values are strings (API Gateway writes `-` for empty values, which
+    would break unquoted JSON); the metric filters compare strings."""
+    f = apigw.AccessLogField
+    fields = {
+        "requestId": f.context_request_id(),
+        "ip": f.context_identity_source_ip(),
+        "caller": f.context_identity_caller(),
+        "user": f.context_authorizer_principal_id(),
+        "tenant": f.context_authorizer(TENANT_CONTEXT_KEY),
+        "requestTime": f.context_request_time(),
+        "httpMethod": f.context_http_method(),
+        "resourcePath": f.context_resource_path(),
+        "stage": f.context_stage(),
+        "status": f.context_status(),
+        "protocol": f.context_protocol(),
+        "responseLength": f.context_response_length(),
+        "responseLatency": f.context_response_latency(),
+        "integrationLatency": f.context_integration_latency(),
+        "authorizeStatus": f.context_authorize_status(),
+        "authorizeError": f.context_authorize_error(),
+        "authorizerError": f.context_authorizer_error(),
+        "authorizerLatency": f.context_authorizer_latency(),
+        "errorResponseType": f.context_error_response_type(),
+        "xrayTraceId": f.context_xray_trace_id(),
+    }
+    return apigw.AccessLogFormat.custom(json.dumps(fields, separators=(",", ":")))
+
+
+def _error_template() -> dict[str, str]:
+    # $context.error.messageString is already a quoted, escaped JSON string.
+    return {"application/json": '{"error":$context.error.messageString}'}
+
+
+class PlatformApi(Construct):
+    """`targets` maps a function name used in `routes` to what API Gateway invokes (function or alias)."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig,
+                 routes: Sequence[resources.Route], targets: Mapping[str, lambda_.IFunction],
+                 authorizer_function: lambda_.IFunction) -> None:
+        super().__init__(scope, construct_id)
+        unknown = sorted({r.function for r in routes} - targets.keys())
+        if unknown:
+            raise KeyError(f"routes name functions without a target: {unknown}")
+
+        self.access_logs = logs.LogGroup(self, "AccessLogs", retention=retention(config.log_retention_days),
+                                         removal_policy=RemovalPolicy.DESTROY)
+        self.rest_api = apigw.RestApi(
+            self, "RestApi",
+            rest_api_name=f"tenantml-{config.stage}",
+            description="tenantml: Open Inference Protocol v2 (REST) and the model registry admin API",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            # API Gateway writes access and execution logs through an account-level role.
+            cloud_watch_role=True,
+            deploy_options=apigw.StageOptions(
+                stage_name=config.stage,
+                throttling_rate_limit=config.throttling_rate_limit,
+                throttling_burst_limit=config.throttling_burst_limit,
+                access_log_destination=apigw.LogGroupLogDestination(self.access_logs),
+                access_log_format=access_log_format(),
+                tracing_enabled=True,
+                metrics_enabled=True,
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,   # never log request/response bodies (tenant data)
+            ),
+        )
+        acknowledge(self.rest_api, "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/"
+                                   "service-role/AmazonAPIGatewayPushToCloudWatchLogs]",
+                    "The account-level API Gateway logging role uses the AWS managed policy that API Gateway "
+                    "documents for it; it only allows writing to CloudWatch Logs.")
+        acknowledge(self.rest_api, "AwsSolutions-COG4",
+                    "Tokens come from any OIDC identity provider (Cognito, Auth0, Okta, ...): the Lambda "
+                    "REQUEST authorizer verifies signature (JWKS), iss, aud, exp/nbf and the tenant claim, "
+                    "which a Cognito user-pool authorizer cannot do; health probes are public by design.")
+        acknowledge(self.rest_api, "AwsSolutions-APIG3",
+                    "WAF is an account/edge decision and a cost the deployer opts into; the stage is "
+                    "throttled, every data route requires a verified JWT, and bodies are validated.")
+
+        self.authorizer = apigw.RequestAuthorizer(
+            self, "JwtAuthorizer",
+            authorizer_name=f"tenantml-jwt-{config.stage}",
+            handler=authorizer_function,
+            identity_sources=[apigw.IdentitySource.header(AUTH_HEADER)],
+            # Deliberate: the policy covers the whole stage and is keyed by the token, so a cached
+            # Allow is valid for every route; a revoked token stays usable for at most this long.
+            results_cache_ttl=Duration.seconds(config.authorizer_cache_ttl_seconds),
+        )
+
+        validator = self.rest_api.add_request_validator(
+            "BodyValidator", request_validator_name="body", validate_request_body=True,
+            validate_request_parameters=True)
+        infer_model = self.rest_api.add_model(
+            "InferenceRequestModel", content_type="application/json", model_name="InferenceRequest",
+            schema=apigw.JsonSchema(**_json_schema_kwargs(OIP_INFER_REQUEST)))
+
+        integrations = {name: apigw.LambdaIntegration(target, allow_test_invoke=False)
+                        for name, target in targets.items()}
+        self.methods: dict[tuple[str, str], apigw.Method] = {}
+        for route in routes:
+            resource = self.rest_api.root.resource_for_path(route.path)
+            is_infer = route.method == "POST" and route.path.rsplit("/", 1)[-1] == "infer"
+            method = resource.add_method(
+                route.method, integrations[route.function],
+                authorization_type=CUSTOM if route.auth else NONE,
+                authorizer=self.authorizer if route.auth else None,
+                request_validator=validator,
+                request_models={"application/json": infer_model} if is_infer else None,
+                request_parameters={f"method.request.path.{p}": True for p in _path_params(route.path)},
+            )
+            if not route.auth:
+                acknowledge(method, "AwsSolutions-APIG4",
+                            f"{route.method} {route.path} is a liveness/readiness probe for load balancers "
+                            "and uptime checks; it reveals no tenant data and must work without a token.")
+            self.methods[(route.method, route.path)] = method
+
+        for rid, rtype in (("Default4xx", apigw.ResponseType.DEFAULT_4_XX),
+                           ("Default5xx", apigw.ResponseType.DEFAULT_5_XX)):
+            self.rest_api.add_gateway_response(rid, type=rtype, templates=_error_template())
+        self.rest_api.add_gateway_response(
+            "Unauthorized", type=apigw.ResponseType.UNAUTHORIZED, templates=_error_template(),
+            response_headers={"WWW-Authenticate": "'Bearer'"})
+
+    @property
+    def stage(self) -> apigw.Stage:
+        return self.rest_api.deployment_stage
+
+    @property
+    def url(self) -> str:
+        return self.rest_api.url
+
+
+def _path_params(path: str) -> list[str]:
+    return [seg[1:-1] for seg in path.split("/") if seg.startswith("{") and seg.endswith("}")]
+
+
+_SCHEMA_KEYS = {"$schema": "schema", "required": "required", "type": "type", "title": "title",
+                "properties": "properties", "items": "items", "minItems": "min_items"}
+_TYPES = {"object": "OBJECT", "array": "ARRAY", "string": "STRING", "integer": "INTEGER",
+          "number": "NUMBER", "boolean": "BOOLEAN"}
+
+
+def _json_schema_kwargs(schema: Mapping[str, object]) -> dict[str, object]:
+    """Plain JSON schema dict -> apigw.JsonSchema keyword arguments (recursively)."""
+    out: dict[str, object] = {}
+    for key, value in schema.items():
+        name = _SCHEMA_KEYS[key]
+        if key == "$schema":
+            out[name] = apigw.JsonSchemaVersion.DRAFT4
+        elif key == "type":
+            out[name] = getattr(apigw.JsonSchemaType, _TYPES[str(value)])
+        elif key == "properties":
+            out[name] = {k: apigw.JsonSchema(**_json_schema_kwargs(v))  # type: ignore[arg-type]
+                         for k, v in value.items()}  # type: ignore[union-attr]
+        elif key == "items":
+            out[name] = apigw.JsonSchema(**_json_schema_kwargs(value))  # type: ignore[arg-type]
+        else:
+            out[name] = value
+    return out

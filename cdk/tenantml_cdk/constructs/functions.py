@@ -1,0 +1,129 @@
+"""The one function factory: every tenantml Lambda function is made here, from its
+`tenantml.resources.FunctionDef`, with the same runtime, architecture, layers, tracing and logging.
+
+A function gets its own role with nothing but write access to its own log group (and X-Ray, which
+tracing adds); data access is granted by the stack, per function, with `grant_*`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import Annotations, Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+from pydantic import BaseModel
+
+from tenantml import observability, resources
+from tenantml.settings import PREFIX
+from tenantml_cdk.config import RETENTION_DAYS, AppConfig
+from tenantml_cdk.constructs.layers import ARCHITECTURES, PYTHON_RUNTIME
+from tenantml_cdk.nag import acknowledge
+
+HANDLER = "handler.handler"
+LIVE_ALIAS = "live"
+CODE_EXCLUDES = ["**/__pycache__", "**/*.pyc"]
+
+
+def env_name(settings: type[BaseModel], field: str) -> str:
+    """The environment variable that `settings.from_env()` reads `field` from (TENANTML_<FIELD>)."""
+    if field not in settings.model_fields:
+        raise KeyError(f"{settings.__name__} has no field {field!r}")
+    return PREFIX + field.upper()
+
+
+def function_id(definition: resources.FunctionDef) -> str:
+    """Stable, readable id, also the CloudFormation logical id (what `sam local invoke` takes)."""
+    return "".join(part.capitalize() for part in definition.name.split("_")) + "Function"
+
+
+def retention(days: int) -> logs.RetentionDays:
+    return logs.RetentionDays[RETENTION_DAYS[days]]
+
+
+@dataclass(frozen=True)
+class PlatformFunction:
+    definition: resources.FunctionDef
+    function: lambda_.Function
+    role: iam.Role
+    log_group: logs.LogGroup
+    alias: lambda_.Alias | None = None
+
+    @property
+    def invoke_target(self) -> lambda_.IFunction:
+        """What callers (API Gateway) invoke: the SnapStart alias when there is one."""
+        return self.alias or self.function
+
+
+class FunctionFactory(Construct):
+    """`settings` maps every TENANTML_* variable the stack can provide to its value; each function
+    receives exactly the variables its definition lists (a missing one fails synth)."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig,
+                 layers: Sequence[lambda_.ILayerVersion], code_root: Path,
+                 settings: Mapping[str, str]) -> None:
+        super().__init__(scope, construct_id)
+        self._config = config
+        self._layers = list(layers)
+        self._code_root = code_root
+        self._settings = dict(settings)
+
+    def environment(self, definition: resources.FunctionDef,
+                    extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        missing = [key for key in definition.env if key not in self._settings]
+        if missing:
+            raise KeyError(f"function {definition.name} needs {missing}, which the stack does not provide")
+        env = {key: self._settings[key] for key in definition.env}
+        env.update(extra or {})
+        env["POWERTOOLS_SERVICE_NAME"] = observability.SERVICE
+        env["POWERTOOLS_METRICS_NAMESPACE"] = observability.NAMESPACE
+        return env
+
+    def create(self, definition: resources.FunctionDef, *, extra_environment: Mapping[str, str] | None = None,
+               snapstart: bool = False) -> PlatformFunction:
+        name = function_id(definition)
+        sizing = self._config.sizing(definition.name)
+        log_group = logs.LogGroup(self, f"{name}Logs", retention=retention(self._config.log_retention_days),
+                                  removal_policy=RemovalPolicy.DESTROY)
+        role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                        description=f"tenantml {definition.name}: {definition.purpose}")
+        log_group.grant_write(role)
+        function = lambda_.Function(
+            self, name,
+            description=f"tenantml {definition.name}: {definition.purpose}",
+            runtime=PYTHON_RUNTIME,
+            architecture=ARCHITECTURES[self._config.architecture],
+            handler=HANDLER,
+            code=lambda_.Code.from_asset(str(self._code_root / definition.name), exclude=CODE_EXCLUDES),
+            layers=self._layers,
+            memory_size=sizing.memory_mb,
+            timeout=Duration.seconds(sizing.timeout_seconds),
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=log_group,
+            role=role,
+            environment=self.environment(definition, extra_environment),
+            snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if snapstart else None,
+        )
+        function.node.default_child.override_logical_id(name)  # type: ignore[union-attr]
+        acknowledge(role, "AwsSolutions-IAM5[Resource::*]",
+                    "Active X-Ray tracing needs xray:PutTraceSegments and xray:PutTelemetryRecords, which "
+                    "support no resource-level permissions (the only Resource::* the role holds; "
+                    "tests/infrastructure asserts that).")
+        acknowledge(function, "AwsSolutions-L1",
+                    f"{PYTHON_RUNTIME.name} is pinned on purpose: the runtime layer's wheels are built for "
+                    "it (tenantml_cdk.bundling.LAMBDA_PYTHON_VERSION) and SnapStart supports it; moving to "
+                    "a newer Python is a deliberate change of both, not a drive-by upgrade.")
+        alias = None
+        if snapstart:
+            # SnapStart snapshots published versions only: callers must invoke a version or an alias.
+            alias = lambda_.Alias(self, f"{name}Live", alias_name=LIVE_ALIAS,
+                                  version=function.current_version)
+            Annotations.of(function).acknowledge_warning(
+                "@aws-cdk/aws-lambda:snapStartRequirePublish",
+                "a version is published on every change (current_version) and the API invokes its alias")
+        return PlatformFunction(definition=definition, function=function, role=role, log_group=log_group,
+                                alias=alias)

@@ -1,0 +1,99 @@
+"""Deployment configuration from CDK context: defaults, coercion of `-c key=value` strings, and errors that
+name the context key to fix. No synthesis here."""
+
+from __future__ import annotations
+
+import pytest
+from infra_helpers import ROOT, cdk_json_context
+from pydantic import BaseModel
+from tenantml_cdk.config import ConfigError, context_keys, load_config
+from tenantml_cdk.constructs.functions import env_name
+
+from tenantml import resources, settings
+
+REQUIRED = {"jwks_url": "https://tenant.eu.auth0.com/.well-known/jwks.json",
+            "issuer": "https://tenant.eu.auth0.com/", "audience": "https://api.example.org"}
+
+
+def test_cdk_json_context_is_a_valid_configuration_out_of_the_box():
+    config = load_config(cdk_json_context())
+    assert config.stage == resources.DEFAULT_STAGE
+    assert config.tenant_claim == "tenant_id"
+    assert config.authorizer_cache_ttl_seconds == 300
+    assert config.snapstart is False
+    # The shipped values are documentation placeholders, and the app knows it (it warns at synth).
+    assert config.uses_example_identity_provider
+
+
+def test_defaults_come_from_resources_and_a_real_idp_is_not_flagged_as_example():
+    config = load_config(REQUIRED)
+    assert not config.uses_example_identity_provider
+    assert config.architecture == "x86_64"
+    for definition in resources.FUNCTIONS:
+        assert config.sizing(definition.name).memory_mb == definition.memory_mb
+        assert config.sizing(definition.name).timeout_seconds == definition.timeout_s
+
+
+def test_command_line_strings_are_coerced():
+    config = load_config({**REQUIRED, "snapstart": "true", "authorizer_cache_ttl_seconds": "60",
+                          "inference_memory_mb": "3008", "architecture": "arm64",
+                          "preload_models": " _shared/minilm-embed , acme/risk/3 "})
+    assert config.snapstart is True
+    assert config.authorizer_cache_ttl_seconds == 60
+    assert config.sizing("inference").memory_mb == 3008
+    assert config.architecture == "arm64"
+    assert config.preload_models == "_shared/minilm-embed,acme/risk/3"
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ({"jwks_url": None}, "jwks_url"),
+    ({"jwks_url": "http://idp.example.org/jwks.json"}, "jwks_url"),
+    ({"issuer": ""}, "issuer"),
+    ({"architecture": "sparc"}, "architecture"),
+    ({"inference_memory_mb": 64}, "inference_memory_mb"),
+    ({"authorizer_timeout_seconds": 901}, "authorizer_timeout_seconds"),
+    ({"authorizer_cache_ttl_seconds": 7200}, "authorizer_cache_ttl_seconds"),
+    ({"log_retention_days": 31}, "log_retention_days"),
+    ({"throttling_rate_limit": 0}, "throttling_rate_limit"),
+    ({"stage": "v1/prod"}, "stage"),
+    ({"preload_models": "just-a-model"}, "preload_models"),
+    ({"account": "12345"}, "account"),
+])
+def test_an_invalid_value_names_its_context_key(override, key):
+    context = {k: v for k, v in {**REQUIRED, **override}.items() if v is not None}
+    with pytest.raises(ConfigError) as err:
+        load_config(context)
+    message = str(err.value)
+    assert f"'{key}'" in message
+    assert f"-c {key}=" in message
+
+
+def test_every_context_key_is_documented_in_the_architecture_doc():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [key for key in context_keys() if f"`{key}`" not in doc]
+    assert not missing, f"document these context keys in docs/architecture.md: {missing}"
+
+
+def _settings_models() -> list[type[BaseModel]]:
+    return [settings.AuthSettings, settings.RegistrySettings, settings.ServingSettings, settings.AwsSettings]
+
+
+def test_every_function_env_var_is_read_by_a_settings_model():
+    """resources.FUNCTIONS lists env vars by name; each must be a field of a tenantml.settings model, so
+    what the stack sets is exactly what the function parses."""
+    known = {env_name(model, field) for model in _settings_models() for field in model.model_fields}
+    for definition in resources.FUNCTIONS:
+        unknown = set(definition.env) - known
+        assert not unknown, f"{definition.name}: {unknown} is read by no settings model"
+
+
+def test_sam_local_declares_overridable_placeholders_only_when_asked():
+    from tenantml_cdk.stateless_stack import extra_environment
+
+    assert extra_environment(load_config(REQUIRED)) == {d.name: {} for d in resources.FUNCTIONS}
+    extra = extra_environment(load_config({**REQUIRED, "sam_local": "true", "preload_models": "acme/risk"}))
+    assert extra["authorizer"] == {"TENANTML_JWKS_JSON": ""}
+    assert extra["inference"] == {"TENANTML_ENDPOINT_URL": "", "TENANTML_PRELOAD_MODELS": "acme/risk"}
+    assert extra["registry"] == {"TENANTML_ENDPOINT_URL": ""}
+    # "" is "not set" to tenantml.settings, so a deployed function with the placeholders is unchanged.
+    assert settings.AwsSettings.from_env({"TENANTML_ENDPOINT_URL": ""}).endpoint_url is None

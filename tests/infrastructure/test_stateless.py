@@ -1,0 +1,247 @@
+"""Stateless stack: functions from the factory, least-privilege grants, the REST API built from
+tenantml.resources.ROUTES, the stage, gateway responses, and the serving dashboard/alarms."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from infra_helpers import (
+    actions,
+    as_list,
+    by_path,
+    function_role,
+    methods_by_route,
+    refs,
+    resources_of,
+    role_statements,
+)
+from tenantml_cdk.application import STATELESS_STACK
+from tenantml_cdk.constructs.api import access_log_format
+from tenantml_cdk.constructs.functions import function_id
+
+from tenantml import observability, resources
+
+WRITE_ACTION = re.compile(
+    r"^(dynamodb:(Put|Update|Delete|BatchWrite)|s3:(Put|Delete|Abort|Restore|Replicate))", re.IGNORECASE)
+SERVICE_WILDCARD = re.compile(r"^[a-z0-9-]+:\*$")
+
+
+@pytest.fixture(scope="module")
+def stateless(synth) -> dict:
+    return synth.templates[STATELESS_STACK]
+
+
+def _id(name: str) -> str:
+    return function_id(next(d for d in resources.FUNCTIONS if d.name == name))
+
+
+def _fn(template: dict, name: str) -> dict:
+    return template["Resources"][_id(name)]
+
+
+# --- functions -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("definition", resources.FUNCTIONS, ids=lambda d: d.name)
+def test_function_from_the_factory(synth, stateless, definition):
+    fn = stateless["Resources"][function_id(definition)]   # readable, stable id (sam local invoke)
+    assert fn["Type"] == "AWS::Lambda::Function"
+    props = fn["Properties"]
+    assert props["Runtime"] == "python3.12"
+    assert props["Handler"] == "handler.handler"
+    assert props["Architectures"] == [synth.config.architecture]
+    assert props["TracingConfig"] == {"Mode": "Active"}
+    assert props["MemorySize"] == synth.config.sizing(definition.name).memory_mb
+    assert props["Timeout"] == synth.config.sizing(definition.name).timeout_seconds
+    core, _ = by_path(stateless, "/Layers/CoreLayer/Resource")
+    runtime, _ = by_path(stateless, "/Layers/RuntimeLayer/Resource")
+    assert refs(props["Layers"]) == {core, runtime}
+    assert fn["Metadata"]["aws:asset:path"], "SAM needs the code asset path"
+    # Logs go to the function's own log group, which has a retention period.
+    (log_group,) = refs(props["LoggingConfig"]["LogGroup"])
+    assert stateless["Resources"][log_group]["Properties"]["RetentionInDays"] == \
+        synth.config.log_retention_days
+
+
+@pytest.mark.parametrize("definition", resources.FUNCTIONS, ids=lambda d: d.name)
+def test_function_environment_is_exactly_what_its_definition_lists(synth, stateless, definition):
+    env = stateless["Resources"][function_id(definition)]["Properties"]["Environment"]["Variables"]
+    assert env.pop("POWERTOOLS_SERVICE_NAME") == observability.SERVICE
+    assert env.pop("POWERTOOLS_METRICS_NAMESPACE") == observability.NAMESPACE
+    env.pop("TENANTML_PRELOAD_MODELS", None)
+    assert set(env) == set(definition.env)
+
+
+def test_authorizer_settings_come_from_context(synth, stateless):
+    env = _fn(stateless, "authorizer")["Properties"]["Environment"]["Variables"]
+    cfg = synth.config
+    assert env == {**env, "TENANTML_JWKS_URL": cfg.jwks_url, "TENANTML_ISSUER": cfg.issuer,
+                   "TENANTML_AUDIENCE": cfg.audience, "TENANTML_TENANT_CLAIM": cfg.tenant_claim}
+
+
+def test_snapstart_is_off_by_default(stateless):
+    assert "SnapStart" not in _fn(stateless, "inference")["Properties"]
+    assert not resources_of(stateless, "AWS::Lambda::Alias")
+
+
+# --- least privilege -------------------------------------------------------------------------------
+
+
+def _statements(stateless: dict, name: str) -> list[dict]:
+    return role_statements(stateless, function_role(stateless, _id(name)))
+
+
+def test_no_statement_grants_a_service_wide_or_global_action(stateless):
+    for role in resources_of(stateless, "AWS::IAM::Role"):
+        for statement in role_statements(stateless, role):
+            for action in as_list(statement["Action"]):
+                assert action != "*" and not SERVICE_WILDCARD.match(action), (role, action)
+
+
+def test_resource_star_is_only_ever_xray(stateless):
+    for name in (d.name for d in resources.FUNCTIONS):
+        for statement in _statements(stateless, name):
+            if "*" in as_list(statement["Resource"]):
+                assert set(as_list(statement["Action"])) <= {"xray:PutTraceSegments",
+                                                             "xray:PutTelemetryRecords"}, statement
+
+
+def test_authorizer_has_no_data_access(stateless):
+    granted = actions(_statements(stateless, "authorizer"))
+    assert granted == {"logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments",
+                       "xray:PutTelemetryRecords"}
+
+
+def test_inference_reads_registry_and_artifacts_but_writes_nothing(stateless):
+    granted = actions(_statements(stateless, "inference"))
+    assert {"dynamodb:GetItem", "dynamodb:Query"} <= granted
+    assert any(a.startswith("s3:GetObject") for a in granted)
+    assert not [a for a in granted if WRITE_ACTION.match(a)]
+
+
+def test_only_the_registry_function_writes(stateless):
+    granted = actions(_statements(stateless, "registry"))
+    assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "s3:PutObject"} <= granted
+    for name in ("inference", "authorizer"):
+        assert not [a for a in actions(_statements(stateless, name)) if WRITE_ACTION.match(a)]
+
+
+@pytest.mark.parametrize("name", ["inference", "registry"])
+def test_object_access_is_scoped_to_the_models_prefix(stateless, name):
+    object_statements = [s for s in _statements(stateless, name)
+                         if any(a.startswith(("s3:GetObject", "s3:PutObject")) for a in as_list(s["Action"]))]
+    assert object_statements
+    for statement in object_statements:
+        for resource in as_list(statement["Resource"]):
+            if isinstance(resource, dict) and "Fn::Join" in resource:
+                assert resource["Fn::Join"][1][-1] == f"/{resources.ARTIFACT_PREFIX}/*"
+
+
+# --- REST API ----------------------------------------------------------------------------------------
+
+
+def test_authorizer_reads_the_authorization_header_and_caches_deliberately(synth):
+    synth.template(STATELESS_STACK).has_resource_properties("AWS::ApiGateway::Authorizer", {
+        "Type": "REQUEST",
+        "IdentitySource": "method.request.header.Authorization",
+        "AuthorizerResultTtlInSeconds": synth.config.authorizer_cache_ttl_seconds,
+    })
+    (authorizer,) = resources_of(synth.templates[STATELESS_STACK], "AWS::ApiGateway::Authorizer").values()
+    assert _id("authorizer") in refs(authorizer["Properties"]["AuthorizerUri"])
+
+
+def test_every_route_exists_with_the_right_authorization_and_function(stateless):
+    methods = methods_by_route(stateless)
+    assert set(methods) == {(r.method, r.path) for r in resources.ROUTES}, "API and ROUTES differ"
+    (authorizer_id,) = resources_of(stateless, "AWS::ApiGateway::Authorizer")
+    for route in resources.ROUTES:
+        props = methods[(route.method, route.path)]
+        if route.auth:
+            assert props["AuthorizationType"] == "CUSTOM"
+            assert refs(props["AuthorizerId"]) == {authorizer_id}
+        else:
+            assert props["AuthorizationType"] == "NONE" and "AuthorizerId" not in props
+        assert props["Integration"]["Type"] == "AWS_PROXY"
+        assert _id(route.function) in refs(props["Integration"]["Uri"]), route
+
+
+def test_infer_bodies_are_validated(stateless):
+    methods = methods_by_route(stateless)
+    (validator,) = resources_of(stateless, "AWS::ApiGateway::RequestValidator").values()
+    assert validator["Properties"]["ValidateRequestBody"] is True
+    infer = [r for r in resources.ROUTES if r.method == "POST" and r.path.endswith("/infer")]
+    assert infer
+    for route in infer:
+        assert "application/json" in methods[(route.method, route.path)]["RequestModels"]
+
+
+def test_stage_is_throttled_traced_and_access_logged(synth, stateless):
+    (stage,) = resources_of(stateless, "AWS::ApiGateway::Stage").values()
+    props = stage["Properties"]
+    cfg = synth.config
+    assert props["StageName"] == cfg.stage
+    assert props["TracingEnabled"] is True
+    settings = {(s["HttpMethod"], s["ResourcePath"]): s for s in props["MethodSettings"]}["*", "/*"]
+    assert settings["ThrottlingRateLimit"] == cfg.throttling_rate_limit
+    assert settings["ThrottlingBurstLimit"] == cfg.throttling_burst_limit
+    assert settings["MetricsEnabled"] is True and settings["DataTraceEnabled"] is False
+    (log_group,) = refs(props["AccessLogSetting"]["DestinationArn"])
+    assert stateless["Resources"][log_group]["Type"] == "AWS::Logs::LogGroup"
+    fields = json.loads(props["AccessLogSetting"]["Format"])
+    for key in ("requestId", "ip", "caller", "user", "requestTime", "httpMethod", "resourcePath", "status",
+                "protocol", "responseLength", "authorizerError", "tenant"):
+        assert key in fields, key
+    assert fields["user"] == "$context.authorizer.principalId"
+
+
+def test_gateway_errors_have_the_api_error_shape(stateless):
+    responses = {r["Properties"]["ResponseType"]: r["Properties"]
+                 for r in resources_of(stateless, "AWS::ApiGateway::GatewayResponse").values()}
+    assert {"DEFAULT_4XX", "DEFAULT_5XX", "UNAUTHORIZED"} <= set(responses)
+    for props in responses.values():
+        template = props["ResponseTemplates"]["application/json"]
+        # API Gateway substitutes messageString as a quoted JSON string.
+        rendered = template.replace("$context.error.messageString", json.dumps('He said "no"'))
+        assert json.loads(rendered) == {"error": 'He said "no"'}
+
+
+# --- dashboard and alarms ------------------------------------------------------------------------------
+
+
+def test_dashboard_and_alarms_exist_and_notify_an_encrypted_topic(synth, stateless):
+    (topic_id, topic), = resources_of(stateless, "AWS::SNS::Topic").items()
+    assert refs(topic["Properties"]["KmsMasterKeyId"])
+    assert resources_of(stateless, "AWS::CloudWatch::Dashboard")
+    alarms = resources_of(stateless, "AWS::CloudWatch::Alarm")
+    assert len(alarms) >= 6
+    for alarm in alarms.values():
+        assert refs(alarm["Properties"]["AlarmActions"]) == {topic_id}
+
+
+def _alarm_text(stateless: dict) -> list[str]:
+    return [json.dumps(a["Properties"]) for a in resources_of(stateless, "AWS::CloudWatch::Alarm").values()]
+
+
+@pytest.mark.parametrize(("signal", "needles"), [
+    ("API 5XX rate", ["5XXError", "Count", "100 * errors / requests"]),
+    ("API p99 latency", ['"Latency"', '"p99"']),
+    ("inference p95 duration", ['"Duration"', '"p95"', "InferenceFunction"]),
+    ("authorizer denies", ["AuthorizerDenied"]),
+    ("throttles", ['"Throttles"', "ApiThrottled"]),
+    ("model-load failures", ["SELECT SUM(ModelLoadFailure) FROM tenantml"]),
+])
+def test_serving_signal_has_an_alarm(stateless, signal, needles):
+    assert any(all(n in text for n in needles) for text in _alarm_text(stateless)), signal
+
+
+def test_metric_filters_read_fields_the_access_log_writes(stateless):
+    fields = json.loads(access_log_format().to_string())
+    filters = resources_of(stateless, "AWS::Logs::MetricFilter").values()
+    assert filters
+    for f in filters:
+        props = f["Properties"]
+        used = set(re.findall(r"\$\.(\w+)", props["FilterPattern"]))
+        used |= {d["Value"][2:] for t in props["MetricTransformations"] for d in t.get("Dimensions", [])}
+        assert used and used <= set(fields), used - set(fields)
