@@ -1,0 +1,24 @@
+"""Inference function: Open Inference Protocol v2 over REST for CPU ONNX models.
+
+Init (once per execution environment, and what SnapStart snapshots): settings are parsed, the service is
+built (registry/S3 adapters lazily) and `TENANTML_PRELOAD_MODELS` are loaded, so the first request of a
+warm environment only runs the model.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.logging import correlation_paths
+
+from tenantml.api.inference_routes import create_app
+from tenantml.observability import logger, metrics, tracer
+from tenantml.serving.service import build_service
+from tenantml.settings import get_aws_settings, get_serving_settings
+
+app = create_app(build_service(get_serving_settings(), get_aws_settings()))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def handler(event: dict, context: object) -> dict:
+    return app.resolve(event, context)

@@ -1,0 +1,226 @@
+"""functions/inference/handler.py in-process on moto, fed events/inference-*.json, configured through the
+environment exactly as Lambda would be (tenantml.local.provision.function_env). Models are small but real
+ONNX graphs/heads (tests/serving_models.py) registered through the real DynamoDB and S3 adapters under the
+names the sample events use."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+
+import pytest
+import serving_models as sm
+from moto import mock_aws
+
+from tenantml import resources
+from tenantml.local.provision import create_resources, function_env
+from tenantml.observability import logger
+from tenantml.registry.dynamo import DynamoRegistry
+from tenantml.registry.s3 import S3ArtifactStore
+from tenantml.settings import AwsSettings, reset_settings
+
+AWS = AwsSettings(region="us-east-1")
+NAMES = resources.LocalNames.make("tenantml-test")
+# Health and metadata requests publish no metrics; Powertools warns about that once per invocation.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+EVENTS = ["health-live", "health-ready", "server-metadata", "list-models", "model-metadata", "model-ready",
+          "infer-embed", "infer-classifier", "infer-risk", "infer-version"]
+
+
+def register(registry: DynamoRegistry, store: S3ArtifactStore, v: sm.Version) -> None:
+    for name, data in v.artifacts.items():
+        store.put(v.owner, v.manifest.name, v.version, name, data)
+    store.put(v.owner, v.manifest.name, v.version, "manifest.json", v.manifest.model_dump_json().encode())
+    registry.register_version(v.owner, v.manifest.name, v.manifest, "test", version=v.version,
+                              aliases=["production"])
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    with mock_aws():
+        create_resources(AWS, NAMES)
+        registry = DynamoRegistry(NAMES.tables["registry"], AWS)
+        store = S3ArtifactStore(NAMES.buckets["artifacts"], AWS)
+        for v in (sm.embedding_version(), sm.tabular_version(), sm.classifier_version("acme")):
+            register(registry, store, v)
+        for key, value in function_env(NAMES, AWS).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("TENANTML_ENDPOINT_URL", raising=False)
+        reset_settings()
+        yield registry, store
+    reset_settings()
+
+
+@pytest.fixture
+def call(aws, load_handler, lambda_context):
+    fn = load_handler("inference")   # a fresh module: a cold start
+
+    def invoke(event: dict) -> tuple[int, dict, dict]:
+        resp = fn.handler(event, lambda_context)
+        headers = {**(resp.get("headers") or {}),
+                   **{k: v[-1] for k, v in (resp.get("multiValueHeaders") or {}).items()}}
+        return resp["statusCode"], json.loads(resp["body"]), headers
+    return invoke
+
+
+def as_tenant(event: dict, tenant: str) -> dict:
+    event = copy.deepcopy(event)
+    event["requestContext"]["authorizer"]["tenant_id"] = tenant
+    return event
+
+
+def with_body(event: dict, body: str | None) -> dict:
+    event = copy.deepcopy(event)
+    event["body"] = body
+    return event
+
+
+@pytest.mark.parametrize("name", EVENTS)
+def test_every_sample_event_succeeds(call, load_event, name):
+    status, body, headers = call(load_event(f"inference-{name}"))
+    assert status == 200, body
+    assert headers["Content-Type"] == "application/json"
+
+
+def test_sample_event_answers(call, load_event):
+    assert call(load_event("inference-health-live"))[1] == {"live": True}
+    assert call(load_event("inference-health-ready"))[1] == {"ready": True}
+    assert call(load_event("inference-server-metadata"))[1]["name"] == "tenantml"
+    models = call(load_event("inference-list-models"))[1]["models"]
+    assert [m["name"] for m in models] == ["minilm-embed", "project-risk", "work-item-classifier"]
+    meta = call(load_event("inference-model-metadata"))[1]
+    assert meta["name"] == "work-item-classifier" and meta["versions"] == ["1"]
+    assert call(load_event("inference-model-ready"))[1] == {"name": "minilm-embed", "ready": True}
+
+    embed = call(load_event("inference-infer-embed"))[1]
+    assert embed["id"] == "req-embed-1" and embed["model_version"] == "1"
+    assert embed["outputs"][0]["name"] == "embedding" and embed["outputs"][0]["shape"] == [2, sm.DIM]
+
+    cls = call(load_event("inference-infer-classifier"))[1]
+    assert [o["name"] for o in cls["outputs"]] == ["category", "category_probs"]   # the event selects two
+    assert cls["outputs"][1]["shape"] == [2, 3]
+    assert set(cls["outputs"][0]["data"]) <= {"bug", "feature", "question"}
+
+    risk = call(load_event("inference-infer-risk"))[1]
+    assert [o["shape"] for o in risk["outputs"]] == [[2], [2, 3]]
+    assert set(risk["outputs"][0]["data"]) <= set(sm.RISK_LABELS)
+
+    version = call(load_event("inference-infer-version"))[1]
+    assert version["model_name"] == "minilm-embed" and version["model_version"] == "1"
+
+
+def test_another_tenants_model_is_a_404_like_a_missing_one(call, load_event):
+    event = load_event("inference-infer-classifier")
+    foreign = call(as_tenant(event, "globex"))
+    missing = event["path"].replace("work-item-classifier", "no-such-model")
+    absent = copy.deepcopy(as_tenant(event, "globex"))
+    absent["path"], absent["pathParameters"]["model"] = missing, "no-such-model"
+    absent = call(absent)
+    assert foreign[0] == absent[0] == 404
+    assert foreign[1] == {"error": "model 'work-item-classifier' not found"}
+    assert absent[1] == {"error": "model 'no-such-model' not found"}
+    assert "globex" not in json.dumps(foreign[1]) and "acme" not in json.dumps(foreign[1])
+    meta = call(as_tenant(load_event("inference-model-metadata"), "globex"))
+    assert meta[:2] == (404, {"error": "model 'work-item-classifier' not found"})
+    # shared models still answer for the other tenant
+    assert call(as_tenant(load_event("inference-infer-embed"), "globex"))[0] == 200
+
+
+def test_without_an_authorizer_context_the_caller_is_unauthorized(call, load_event):
+    event = load_event("inference-list-models")
+    del event["requestContext"]["authorizer"]
+    assert call(event)[:2] == (401, {"error": "unauthorized"})
+    event = as_tenant(load_event("inference-infer-embed"), "Not A Tenant")
+    assert call(event)[0] == 401
+
+
+def test_unknown_route_and_method(call, load_event):
+    event = load_event("inference-list-models")
+    event["path"] = "/v2/nothing/here"
+    assert call(event)[:2] == (404, {"error": "route not found"})
+    event = load_event("inference-infer-embed")
+    event["httpMethod"] = "DELETE"
+    assert call(event)[0] == 404
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ("{not json", 400, "malformed JSON body (NaN and Infinity are not allowed)"),
+    ('{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [NaN]}]}', 400,
+     "malformed JSON body (NaN and Infinity are not allowed)"),
+    ('{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a"]}]}', 400,
+     "input 'text' has 1 elements but shape [2] needs 2"),
+    ('{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [1]}]}', 400,
+     "input 'text' (BYTES) data must hold only strings"),
+    ('{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [65], "data": []}]}', 413,
+     "batch of 65 rows exceeds the limit of 64"),
+    (None, 400, "request body is required"),
+])
+def test_bad_requests(call, load_event, body, status, message):
+    assert call(with_body(load_event("inference-infer-embed"), body))[:2] == (status, {"error": message})
+
+
+def test_base64_encoded_body_is_decoded(call, load_event):
+    event = load_event("inference-infer-embed")
+    event["body"] = base64.b64encode(event["body"].encode()).decode()
+    event["isBase64Encoded"] = True
+    assert call(event)[0] == 200
+
+
+def test_corrupt_artifact_is_503_and_a_fixed_upload_is_served(aws, call, load_event):
+    _, store = aws
+    good = store.get("_shared", "project-risk", "1", "model.onnx")
+    tampered = bytearray(good)
+    tampered[-20] ^= 1   # a flipped bit in the weights: still a loadable graph, caught only by sha256
+    store.put("_shared", "project-risk", "1", "model.onnx", bytes(tampered))
+    status, body, headers = call(load_event("inference-infer-risk"))
+    assert (status, body, headers["Retry-After"]) == (503, {"error": "model unavailable"}, "30")
+    store.put("_shared", "project-risk", "1", "model.onnx", good)
+    assert call(load_event("inference-infer-risk"))[0] == 200
+
+
+@pytest.fixture
+def log_lines(monkeypatch):
+    """The JSON lines the Powertools logger writes (its handler keeps the stream it was created with)."""
+    stream = io.StringIO()
+    handler = logger.registered_handler
+    previous = handler.setStream(stream)
+    yield lambda: [json.loads(x) for x in stream.getvalue().splitlines() if x.startswith("{")]
+    handler.setStream(previous)
+
+
+def test_logs_carry_the_tenant_and_metrics_do_not(call, load_event, capsys, log_lines):
+    capsys.readouterr()
+    event = load_event("inference-infer-risk")
+    call(event)
+    logs = log_lines()
+    loaded = [x for x in logs if x["message"] == "model loaded"]
+    assert loaded
+    assert all((x["tenant"], x["model"], x["version"]) == ("acme", "project-risk", "1") for x in loaded)
+    assert all(x["correlation_id"] == event["requestContext"]["requestId"] for x in logs)
+    emf = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"_aws"')]
+    request_emf = [x for x in emf if "InferenceLatency" in x]
+    assert len(request_emf) == 1 and request_emf[0]["Rows"] == [2.0]
+    assert any("ModelLoad" in x for x in emf)
+    for blob in emf:
+        assert "acme" not in json.dumps(blob) and "tenant" not in blob
+        for dims in blob["_aws"]["CloudWatchMetrics"][0]["Dimensions"]:
+            assert "tenant" not in dims and {"model", "version"} <= set(dims)
+    # keys are cleared per request: a later health check logs no tenant/model
+    n = len(logs)
+    call(with_body(load_event("inference-infer-embed"), "{broken"))
+    call(load_event("inference-health-live"))
+    later = log_lines()[n:]
+    failed = [x for x in later if x["message"] == "request failed"]
+    assert failed and failed[0]["tenant"] == "acme" and failed[0]["status"] == 400
+    logger.info("after")
+    assert all("tenant" not in x and "model" not in x for x in log_lines()[-1:])
+
+
+def test_preload_models_at_init(aws, monkeypatch, load_handler, log_lines):
+    monkeypatch.setenv("TENANTML_PRELOAD_MODELS", "_shared/minilm-embed,acme/work-item-classifier")
+    reset_settings()
+    load_handler("inference")
+    loaded = [x for x in log_lines() if x["message"] == "model loaded"]
+    assert {x["load_model"] for x in loaded} == {"minilm-embed", "work-item-classifier"}

@@ -1,0 +1,411 @@
+"""InferenceService with in-memory fakes of the Registry and ArtifactStore: tenancy, shared fallback and
+shadowing, integrity failures, the memory-bounded model cache, the prediction and registry caches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import serving_models as sm
+
+from tenantml.errors import ModelNotFound, ModelUnavailable, TenantMLError
+from tenantml.manifest import BackboneRef
+from tenantml.observability import metrics
+from tenantml.serving.heads import apply_head, load_head
+from tenantml.serving.runtime import ModelRuntime
+from tenantml.serving.service import InferenceService, build_service
+from tenantml.settings import AwsSettings, ServingSettings
+
+TEXTS = ["the login page fails", "add dark mode"]
+# Several requests per test share one (unflushed) metric set; the handler flushes once per invocation.
+pytestmark = pytest.mark.filterwarnings("ignore:Dimension .* has already been added")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def _fresh_metrics():
+    metrics.clear_metrics()
+    yield
+    metrics.clear_metrics()
+
+
+def settings(**kw) -> ServingSettings:
+    return ServingSettings(artifact_bucket="bucket", registry_table="table", **kw)
+
+
+@pytest.fixture
+def world():
+    registry, store = sm.populated()
+    return registry, store
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def service(world, clock):
+    registry, store = world
+    return InferenceService(registry=registry, store=store, settings=settings(), timer=clock)
+
+
+def text_body(texts=TEXTS, **extra) -> str:
+    return sm.infer_body("text", "BYTES", [len(texts)], list(texts), **extra)
+
+
+def risk_body(rows) -> str:
+    return sm.infer_body("features", "FP32", [len(rows), len(sm.FEATURES)], rows)
+
+
+def outputs(reply) -> dict[str, dict]:
+    return {o["name"]: o for o in json.loads(reply.body)["outputs"]}
+
+
+def error_of(fn, *args) -> TenantMLError:
+    with pytest.raises(TenantMLError) as exc:
+        fn(*args)
+    return exc.value
+
+
+# --- tenancy ------------------------------------------------------------------------------------
+
+
+def test_another_tenants_model_answers_exactly_like_a_missing_one(service):
+    for op, args in [(service.infer, (None, text_body())), (service.model_metadata, ()),
+                     (service.model_ready, ())]:
+        foreign = error_of(op, "globex", "work-item-classifier", *args)
+        missing = error_of(op, "globex", "no-such-model", *args)
+        assert isinstance(foreign, ModelNotFound) and foreign.status == missing.status == 404
+        assert foreign.public_message == "model 'work-item-classifier' not found"
+        assert missing.public_message == "model 'no-such-model' not found"
+        assert foreign.headers == missing.headers == {}
+    versioned = error_of(service.infer, "globex", "work-item-classifier", "1", text_body())
+    assert versioned.public_message == "model 'work-item-classifier' version '1' not found"
+    assert "work-item-classifier" not in {m["name"] for m in service.list_models("globex")["models"]}
+
+
+def test_shared_models_are_visible_to_every_tenant(service):
+    for tenant in ("acme", "globex"):
+        names = {m["name"] for m in service.list_models(tenant)["models"]}
+        assert {"minilm-embed", "project-risk"} <= names
+        out = outputs(service.infer(tenant, "minilm-embed", None, text_body()))
+        assert out["embedding"]["shape"] == [2, sm.DIM]
+
+
+def test_own_model_shadows_the_shared_one(world, service):
+    registry, store = world
+    own = sm.embedding_version("acme", seed=42)
+    registry.add(own, store)
+    acme = np.array(outputs(service.infer("acme", "minilm-embed", None, text_body()))["embedding"]["data"])
+    other = np.array(outputs(service.infer("globex", "minilm-embed", None, text_body()))["embedding"]["data"])
+    assert not np.allclose(acme, other)
+    [summary] = [m for m in service.list_models("acme")["models"] if m["name"] == "minilm-embed"]
+    assert summary == {"name": "minilm-embed", "versions": ["1"], "aliases": {"production": "1"},
+                       "task": "embedding", "backend": "cpu"}
+    assert {k[0] for k in service.runtime.loaded()} == {"acme", "_shared"}
+
+
+def test_responses_never_carry_the_owner(service):
+    bodies = [json.dumps(service.list_models("acme")),
+              json.dumps(service.model_metadata("acme", "minilm-embed")),
+              json.dumps(service.model_metadata("acme", "work-item-classifier", "1")),
+              service.infer("acme", "work-item-classifier", None, text_body()).body]
+    for body in bodies:
+        assert "_shared" not in body and '"acme"' not in body and "owner" not in body
+
+
+def test_a_foreign_version_from_the_registry_is_refused(world, clock):
+    registry, store = world
+
+    class Leaky:
+        def resolve(self, tenant, model, version=None):
+            mv = registry.resolve("acme", model, version)
+            return mv
+
+        def list_models(self, tenant):
+            return registry.list_models(tenant)
+
+    svc = InferenceService(registry=Leaky(), store=store, settings=settings(), timer=clock)
+    assert error_of(svc.infer, "globex", "work-item-classifier", None, text_body()).status == 404
+
+
+# --- metadata and inference ---------------------------------------------------------------------
+
+
+def test_model_metadata(service):
+    meta = service.model_metadata("acme", "work-item-classifier")
+    assert meta["name"] == "work-item-classifier" and meta["versions"] == ["1"]
+    assert meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert [o["name"] for o in meta["outputs"]] == ["category", "category_probs", "urgency", "urgency_probs"]
+
+
+def test_classifier_applies_its_head_to_the_shared_backbone(world, service):
+    registry, store = world
+    reply = service.infer("acme", "work-item-classifier", None, text_body(id="req-7"))
+    body = json.loads(reply.body)
+    assert (body["model_name"], body["model_version"], body["id"]) == ("work-item-classifier", "1", "req-7")
+    out = outputs(reply)
+    emb = np.array(outputs(service.infer("acme", "minilm-embed", None, text_body()))["embedding"]["data"],
+                   np.float32).reshape(2, sm.DIM)
+    head = load_head(store.objects[("acme", "work-item-classifier", "1", "head.json")])
+    for name, (labels, probs) in apply_head(head, emb).items():
+        got = np.array(out[name + "_probs"]["data"]).reshape(probs.shape)
+        np.testing.assert_allclose(got, probs, atol=1e-6)
+        assert out[name]["data"] == [labels[i] for i in probs.argmax(1)]
+        assert out[name]["datatype"] == "BYTES" and out[name]["shape"] == [2]
+    # one backbone session for every tenant's head: only the encoder holds an ONNX session
+    assert sorted(service.runtime.loaded()) == [("_shared", "minilm-embed", "1"),
+                                                ("acme", "work-item-classifier", "1")]
+    assert service.runtime.peek(registry.resolve("acme", "work-item-classifier")).nbytes < 2_000
+
+
+def test_tabular_risk_and_output_selection(service):
+    rows = [[0, 3, 1, 0, 0, -2, 0, 0], [0, -3, -1, 0, 0, 2, 0, 0]]
+    reply = service.infer("acme", "project-risk", None, sm.infer_body(
+        "features", "FP32", [2, 8], rows, outputs=[{"name": "risk"}]))
+    body = json.loads(reply.body)
+    assert [o["name"] for o in body["outputs"]] == ["risk"]
+    assert body["outputs"][0]["data"] == ["high", "low"] and "id" not in body
+
+
+def test_versioned_path_and_aliases(world, service):
+    registry, store = world
+    registry.add(sm.embedding_version(version="2", seed=5), store, alias="canary")
+    v1 = service.infer("acme", "minilm-embed", "1", text_body())
+    v2 = service.infer("acme", "minilm-embed", "2", text_body())
+    canary = service.infer("acme", "minilm-embed", "canary", text_body())
+    assert json.loads(v1.body)["model_version"] == "1"
+    assert json.loads(v2.body)["model_version"] == json.loads(canary.body)["model_version"] == "2"
+    assert error_of(service.infer, "acme", "minilm-embed", "9", text_body()).status == 404
+    assert service.model_metadata("acme", "minilm-embed")["versions"] == ["1", "2"]
+
+
+def test_request_errors_are_400_and_413_before_any_model_load(service):
+    assert error_of(service.infer, "acme", "minilm-embed", None, "{nope").status == 400
+    assert error_of(service.infer, "acme", "minilm-embed", None,
+                    sm.infer_body("text", "FP32", [1], [1.0])).status == 400
+    assert error_of(service.infer, "acme", "minilm-embed", None, text_body(["x"] * 65)).status == 413
+    small = InferenceService(registry=service.registry, store=sm.FakeStore(),
+                             settings=settings(max_body_bytes=100))
+    assert error_of(small.infer, "acme", "minilm-embed", None, text_body(["x" * 200])).status == 413
+    assert list(service.runtime.loaded()) == []
+
+
+@pytest.mark.parametrize("model,version", [("../etc", None), ("UPPER", None), ("minilm-embed", "a/b"),
+                                           ("x" * 100, None)])
+def test_impossible_names_are_not_found_without_a_lookup(world, service, model, version):
+    registry, _ = world
+    assert error_of(service.infer, "acme", model, version, text_body()).status == 404
+    assert registry.resolves == 0
+
+
+# --- integrity and availability -----------------------------------------------------------------
+
+
+def test_corrupt_artifact_is_503_not_cached_and_a_fixed_upload_loads(world, service):
+    registry, store = world
+    key = ("_shared", "minilm-embed", "1", "model.onnx")
+    good = store.objects[key]
+    store.objects[key] = good[:-1] + bytes([good[-1] ^ 1])
+    for _ in range(2):
+        err = error_of(service.infer, "acme", "minilm-embed", None, text_body())
+        assert isinstance(err, ModelUnavailable) and err.status == 503
+        assert err.public_message == "model unavailable" and err.headers == {"Retry-After": "30"}
+        assert "sha256" in err.detail
+    assert service.runtime.peek(registry.resolve("acme", "minilm-embed")) is None
+    assert store.reads.count(key) == 2              # retried, never served from a cache
+    store.objects[key] = good
+    fixed = outputs(service.infer("acme", "minilm-embed", None, text_body()))
+    assert fixed["embedding"]["shape"] == [2, sm.DIM]
+
+
+def test_missing_artifact_and_a_missing_backbone_are_503(world, service):
+    registry, store = world
+    del store.objects[("_shared", "project-risk", "1", "model.onnx")]
+    assert error_of(service.infer, "acme", "project-risk", None, risk_body([[0] * 8])).status == 503
+    registry.versions.pop(("_shared", "minilm-embed"))
+    err = error_of(service.infer, "acme", "work-item-classifier", None, text_body())
+    assert err.status == 503 and err.public_message == "model unavailable"
+
+
+def test_an_unparseable_model_is_503(world, service):
+    registry, store = world
+    bogus = sm.embedding_version("acme", "broken")
+    bogus.artifacts["model.onnx"] = b"not an onnx graph"
+    bogus.manifest = bogus.manifest.model_copy(update={"files": sm._files(bogus.artifacts)})
+    registry.add(bogus, store)
+    err = error_of(service.infer, "acme", "broken", None, text_body())
+    assert err.status == 503 and "not an onnx" not in err.public_message
+
+
+def test_a_head_may_only_sit_on_a_shared_or_own_backbone(world, service):
+    registry, store = world
+    registry.add(sm.embedding_version("globex", "globex-encoder"), store)
+    sneaky = sm.classifier_version("acme", "sneaky", backbone="globex-encoder", backbone_tenant="globex")
+    registry.add(sneaky, store)
+    assert error_of(service.infer, "acme", "sneaky", None, text_body()).status == 503
+    assert ("globex", "globex-encoder", "1") not in set(service.runtime.loaded())
+
+
+def test_a_registry_outage_is_503_not_500(world, clock):
+    registry, store = world
+
+    class Down:
+        def resolve(self, tenant, model, version=None):
+            raise ConnectionError("dynamodb endpoint unreachable")
+
+        def list_models(self, tenant):
+            raise ConnectionError("dynamodb endpoint unreachable")
+
+    svc = InferenceService(registry=Down(), store=store, settings=settings(), timer=clock)
+    for op, args in [(svc.infer, ("acme", "minilm-embed", None, text_body())),
+                     (svc.model_metadata, ("acme", "minilm-embed")), (svc.list_models, ("acme",))]:
+        err = error_of(op, *args)
+        assert err.status == 503 and err.headers == {"Retry-After": "5"}
+        assert "unreachable" not in err.public_message
+
+
+def test_gpu_models_answer_503_with_retry_after(world, service):
+    registry, store = world
+    v = sm.embedding_version("acme", "big-llm")
+    v.manifest = v.manifest.model_copy(update={"backend": "gpu"})
+    registry.add(v, store)
+    for op, args in [(service.infer, (None, text_body())), (service.model_ready, ())]:
+        err = error_of(op, "acme", "big-llm", *args)
+        assert err.status == 503 and err.headers == {"Retry-After": "60"}
+    assert service.model_metadata("acme", "big-llm")["name"] == "big-llm"
+    assert list(service.runtime.loaded()) == []
+
+
+def test_models_load_from_a_temporary_file_where_memfd_is_missing(service, monkeypatch):
+    import os
+
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    assert outputs(service.infer("acme", "project-risk", None, risk_body([[0] * 8])))["risk"]["shape"] == [1]
+
+
+def test_model_ready_loads_the_model_and_its_backbone(service):
+    ready = service.model_ready("acme", "work-item-classifier")
+    assert ready == {"name": "work-item-classifier", "ready": True}
+    assert len(list(service.runtime.loaded())) == 2
+
+
+# --- caches -------------------------------------------------------------------------------------
+
+
+def test_model_cache_evicts_least_recently_used_by_artifact_bytes(world, clock):
+    registry, store = world
+    encoder = sum(len(b) for b in sm.embedding_version().artifacts.values())
+    risk = len(sm.tabular_version().artifacts["model.onnx"])
+    runtime = ModelRuntime(store, budget_bytes=encoder + risk - 1)   # never both at once
+    svc = InferenceService(registry=registry, store=store, settings=settings(prediction_cache_size=0),
+                           runtime=runtime, timer=clock)
+    svc.infer("acme", "minilm-embed", None, text_body())
+    assert runtime.used_bytes == encoder
+    svc.infer("acme", "project-risk", None, risk_body([[0] * 8]))
+    assert list(runtime.loaded()) == [("_shared", "project-risk", "1")]
+    reads = len(store.reads)
+    svc.infer("acme", "project-risk", None, risk_body([[1] * 8]))
+    assert len(store.reads) == reads                       # still loaded: no artifact read
+    svc.infer("acme", "minilm-embed", None, text_body())
+    assert list(runtime.loaded()) == [("_shared", "minilm-embed", "1")]
+    assert len(store.reads) == reads + 2                   # evicted earlier: loaded again
+
+
+def test_a_model_larger_than_the_budget_is_served_uncached(world, clock):
+    registry, store = world
+    runtime = ModelRuntime(store, budget_bytes=100)
+    svc = InferenceService(registry=registry, store=store, settings=settings(), runtime=runtime, timer=clock)
+    assert outputs(svc.infer("acme", "project-risk", None, risk_body([[0] * 8])))["risk"]["shape"] == [1]
+    assert list(runtime.loaded()) == []
+
+
+def test_prediction_cache_hits_misses_and_tenant_separated_keys(service, clock, monkeypatch):
+    runs: list[str] = []
+    predict = service._predict
+    monkeypatch.setattr(service, "_predict", lambda mv, t: runs.append(mv.model) or predict(mv, t))
+    first = service.infer("acme", "minilm-embed", None, text_body(id="a"))
+    again = service.infer("acme", "minilm-embed", None, text_body(id="b"))
+    assert len(runs) == 1 and len(service.predictions) == 1
+    assert outputs(again) == outputs(first) and json.loads(again.body)["id"] == "b"
+    service.infer("acme", "minilm-embed", None, text_body(["other text"]))
+    assert len(runs) == 2
+    service.infer("globex", "minilm-embed", None, text_body())   # same input, another tenant: own entry
+    assert len(runs) == 3 and len(service.predictions) == 3
+    assert {k[0] for k in service.predictions._cache} == {"acme", "globex"}
+    clock.now += settings().prediction_cache_ttl_seconds + 1
+    service.infer("acme", "minilm-embed", None, text_body())
+    assert len(runs) == 4
+
+
+def test_prediction_cache_can_be_disabled(world, clock):
+    registry, store = world
+    svc = InferenceService(registry=registry, store=store, settings=settings(prediction_cache_size=0),
+                           timer=clock)
+    svc.infer("acme", "project-risk", None, risk_body([[0] * 8]))
+    svc.infer("acme", "project-risk", None, risk_body([[0] * 8]))
+    assert not svc.predictions.enabled and len(svc.predictions) == 0
+
+
+def test_registry_answers_are_cached_for_the_ttl(world, service, clock):
+    registry, _ = world
+    for _ in range(3):
+        service.infer("acme", "project-risk", None, risk_body([[0] * 8]))
+    assert registry.resolves == 1
+    for _ in range(2):
+        error_of(service.infer, "acme", "nope", None, risk_body([[0] * 8]))
+    assert registry.resolves == 2                 # "not found" is cached too
+    clock.now += settings().registry_cache_ttl_seconds + 1
+    service.infer("acme", "project-risk", None, risk_body([[0] * 8]))
+    assert registry.resolves == 3
+
+
+def test_metrics_carry_model_and_version_never_the_tenant(service):
+    service.infer("acme", "project-risk", None, risk_body([[0] * 8, [1] * 8]))
+    blob = metrics.serialize_metric_set()
+    names = {m["Name"] for m in blob["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"InferenceLatency", "Rows", "PredictionCacheHit"} <= names
+    dims = set(blob["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0])
+    assert {"model", "version"} <= dims and "tenant" not in dims
+    assert blob["Rows"] == [2.0] and blob["model"] == "project-risk" and "acme" not in json.dumps(blob)
+
+
+# --- construction -------------------------------------------------------------------------------
+
+
+def test_build_service_preloads_models(world):
+    registry, store = world
+    svc = build_service(settings(preload_models=" _shared/minilm-embed , acme/work-item-classifier/1,bad, "
+                                                "_shared/missing"),
+                        AwsSettings(region="us-east-1"), registry=registry, store=store)
+    assert sorted(svc.runtime.loaded()) == [("_shared", "minilm-embed", "1"),
+                                            ("acme", "work-item-classifier", "1")]
+    reads = len(store.reads)
+    svc.infer("acme", "work-item-classifier", None, text_body())
+    assert len(store.reads) == reads
+
+
+def test_build_service_creates_no_aws_client_until_used():
+    svc = build_service(settings(), AwsSettings(region="us-east-1"))
+    assert svc.server_metadata() == {"name": "tenantml", "version": "0.1.0", "extensions": []}
+    assert svc.ready() == {"ready": True} and svc.live() == {"live": True}
+
+
+def test_manifest_backbone_ref_is_used(world, service):
+    registry, store = world
+    registry.add(sm.embedding_version(version="2", seed=9), store, alias=None)
+    v = sm.classifier_version("acme", "on-v2")
+    v.manifest = v.manifest.model_copy(update={"backbone": BackboneRef(model="minilm-embed", version="2")})
+    registry.add(v, store)
+    service.infer("acme", "on-v2", None, text_body())
+    assert ("_shared", "minilm-embed", "2") in set(service.runtime.loaded())
