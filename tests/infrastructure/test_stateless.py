@@ -70,6 +70,7 @@ def test_function_environment_is_exactly_what_its_definition_lists(synth, statel
     env = stateless["Resources"][function_id(definition)]["Properties"]["Environment"]["Variables"]
     assert env.pop("POWERTOOLS_SERVICE_NAME") == observability.SERVICE
     assert env.pop("POWERTOOLS_METRICS_NAMESPACE") == observability.NAMESPACE
+    assert env.pop("TENANTML_TRACING") == ("true" if synth.config.sdk_tracing else "false")
     env.pop("TENANTML_PRELOAD_MODELS", None)
     assert set(env) == set(definition.env)
 

@@ -81,6 +81,8 @@ class FunctionFactory(Construct):
         env.update(extra or {})
         env["POWERTOOLS_SERVICE_NAME"] = observability.SERVICE
         env["POWERTOOLS_METRICS_NAMESPACE"] = observability.NAMESPACE
+        # Lambda's Active tracing records every invocation; SDK subsegments are opt-in (cold start cost).
+        env["TENANTML_TRACING"] = "true" if self._config.sdk_tracing else "false"
         return env
 
     def create(self, definition: resources.FunctionDef, *, extra_environment: Mapping[str, str] | None = None,
