@@ -142,18 +142,24 @@ def infer_event(texts: list[str], tenant: str = "acme") -> dict:
 
 
 _COLD_CHILD = r"""
-import json, resource, sys, time, importlib.util
+import json, sys, time, importlib.util
+def peak_rss_mb():
+    # VmHWM is this process's own high-water mark (ru_maxrss would include the parent's, inherited at fork).
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 t0 = time.perf_counter()
 spec = importlib.util.spec_from_file_location("inference_handler", sys.argv[1])
 mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
 t_import = time.perf_counter() - t0
 from tenantml.local.context import LambdaContext
+from tenantml.resources import FUNCTIONS
 event = json.loads(sys.argv[2])
-resp = mod.handler(event, LambdaContext(function_name="inference"))
+resp = mod.handler(event, LambdaContext.for_function(next(f for f in FUNCTIONS if f.name == "inference")))
 t_total = time.perf_counter() - t0
 assert resp["statusCode"] == 200, resp
 print(json.dumps({"import_s": t_import, "init_and_first_s": t_total,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), file=sys.stderr)
+                  "peak_rss_mb": peak_rss_mb()}), file=sys.stderr)
 """
 
 
@@ -165,9 +171,9 @@ def bench_command(args: argparse.Namespace) -> int:
     model_dir = Path(args.models_dir) / MODEL
     results: dict[str, object] = {"model": MODEL + " (int8)", "cpu_count": os.cpu_count()}
     platform = start_platform(Path(args.models_dir), host="127.0.0.1", port=0, moto_port=0, build=True,
-                              serve_http=False)
+                              say=lambda line: print(line, file=sys.stderr))
     try:
-        env = dict(os.environ, **platform.function_env, TENANTML_PREDICTION_CACHE_SIZE="0",
+        env = dict(os.environ, **platform.env, TENANTML_PREDICTION_CACHE_SIZE="0",
                    TENANTML_PRELOAD_MODELS=f"_shared/{MODEL}")
         # Cold init, several fresh processes; median.
         colds = []
@@ -183,6 +189,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
         os.environ.update(env)
         from tenantml.local.context import LambdaContext
+        from tenantml.resources import FUNCTIONS
         from tenantml.settings import reset_settings
 
         reset_settings()
@@ -191,7 +198,7 @@ def bench_command(args: argparse.Namespace) -> int:
         spec = importlib.util.spec_from_file_location("inference_handler_bench", handler_path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        ctx = LambdaContext(function_name="inference")
+        ctx = LambdaContext.for_function(next(f for f in FUNCTIONS if f.name == "inference"), timeout_s=3600)
         raw = raw_ort(model_dir)
         torch_run = torch_baseline()
         for size in (1, 32):
