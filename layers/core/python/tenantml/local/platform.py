@@ -167,13 +167,27 @@ def load_functions(root: Path | None = None) -> dict[str, LocalFunction]:
 def register_models(folders: dict[str, Path], aws: AwsSettings, names: resources.LocalNames, say: Say,
                     ) -> list[dict[str, str]]:
     """Register each built model of REGISTRATIONS as version 1 (alias production) of its owner."""
-    from tenantml.registry.cli import register_folder  # noqa: PLC0415 - heavy, only when registering
     from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
     from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415
 
     registry = DynamoRegistry(names.tables[resources.REGISTRY_TABLE.id], aws)
     store = S3ArtifactStore(names.buckets[resources.ARTIFACT_BUCKET.id], aws)
     done = []
+    # The registry's own INFO lines (JSON, meant for CloudWatch) would drown the progress lines here;
+    # warnings and errors still show.
+    lib_logger = logging.getLogger("tenantml")
+    level = lib_logger.level
+    lib_logger.setLevel(logging.WARNING)
+    try:
+        _register_all(folders, registry, store, say, done)
+    finally:
+        lib_logger.setLevel(level)
+    return done
+
+
+def _register_all(folders: dict[str, Path], registry: Any, store: Any, say: Say, done: list) -> None:
+    from tenantml.registry.cli import register_folder  # noqa: PLC0415
+
     for model, tenant in REGISTRATIONS:
         folder = folders[model]
         if not (folder / "manifest.json").is_file():
@@ -183,7 +197,6 @@ def register_models(folders: dict[str, Path], aws: AwsSettings, names: resources
                         aliases=("production",), actor="tenantml-local")
         done.append({"tenant": tenant, "model": model, "version": MODEL_VERSION})
         say(f"      registered {tenant}/{model} version {MODEL_VERSION}")
-    return done
 
 
 def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127.0.0.1", port: int = 8080,
