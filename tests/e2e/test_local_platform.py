@@ -45,7 +45,7 @@ def test_health_needs_no_token(client):
 def test_no_token_is_401_from_the_gateway(client, platform):
     before = platform.emulator.authorizer_invocations
     reply = client.get("/v2/models")
-    assert reply.status == 401 and reply.json() == {"message": "Unauthorized"}
+    assert reply.status == 401 and reply.json() == {"error": "Unauthorized"}
     assert platform.emulator.authorizer_invocations == before  # the authorizer never ran
 
 
@@ -61,18 +61,18 @@ def test_token_signed_by_an_unknown_key_is_403(client, platform):
     forged = jwt.encode(claims, stranger, algorithm="RS256", headers={"kid": platform.keys.kids["RS256"]})
     reply = client.get("/v2/models", token=forged)
     assert reply.status == 403
-    assert reply.json() == {"message": "User is not authorized to access this resource with an explicit deny"}
+    assert reply.json() == {"error": "User is not authorized to access this resource with an explicit deny"}
 
 
 def test_expired_token_is_403(client, platform):
     expired = platform.token("acme", ["models:read"], ttl=60, now=time.time() - 3600)
     reply = client.get("/v2/models", token=expired)
-    assert reply.status == 403 and "explicit deny" in reply.json()["message"]
+    assert reply.status == 403 and "explicit deny" in reply.json()["error"]
 
 
 def test_unknown_route_is_missing_authentication_token(client, acme):
     reply = client.get("/v2/nothing-here", token=acme)
-    assert reply.status == 403 and reply.json() == {"message": "Missing Authentication Token"}
+    assert reply.status == 404 and reply.json() == {"error": "route not found"}
 
 
 def test_authorizer_result_is_cached_per_token_and_covers_other_routes(client, platform):
@@ -97,7 +97,7 @@ def test_admin_route_needs_models_write(client, platform, acme):
 
 def test_gateway_body_cap_is_413(client, acme):
     reply = client.post("/v2/models/minilm-embed/infer", token=acme, raw=b"x" * (10 * 1024 * 1024 + 1))
-    assert reply.status == 413 and reply.json() == {"message": "Request Too Long"}
+    assert reply.status == 413 and reply.json() == {"error": "Request Too Long"}
 
 
 # -- tenancy ---------------------------------------------------------------------------------------------

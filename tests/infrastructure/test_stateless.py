@@ -201,6 +201,9 @@ def test_gateway_errors_have_the_api_error_shape(stateless):
     responses = {r["Properties"]["ResponseType"]: r["Properties"]
                  for r in resources_of(stateless, "AWS::ApiGateway::GatewayResponse").values()}
     assert {"DEFAULT_4XX", "DEFAULT_5XX", "UNAUTHORIZED"} <= set(responses)
+    unknown_route = responses.pop("MISSING_AUTHENTICATION_TOKEN")
+    assert unknown_route["StatusCode"] == "404"
+    assert json.loads(unknown_route["ResponseTemplates"]["application/json"]) == {"error": "route not found"}
     for props in responses.values():
         template = props["ResponseTemplates"]["application/json"]
         # API Gateway substitutes messageString as a quoted JSON string.

@@ -152,8 +152,8 @@ def event_of(resp) -> dict:
 def test_unknown_resource_and_method_answer_missing_authentication_token(api):
     for req in (get("/nope"), get("/v2/models/a/b/c"), HttpRequest("DELETE", "/v2/models")):
         resp = api.handle(req)
-        assert resp.status == 403
-        assert resp.json() == {"message": "Missing Authentication Token"}
+        assert resp.status == 404
+        assert resp.json() == {"error": "route not found"}
         assert resp.header("x-amzn-ErrorType") == "MissingAuthenticationTokenException"
     assert api.authorizer_invocations == 0
 
@@ -245,7 +245,7 @@ def test_handler_gets_a_lambda_context(api):
 
 def test_missing_authorization_is_401_without_calling_the_authorizer(api):
     resp = api.handle(get("/v2/models"))
-    assert resp.status == 401 and resp.json() == {"message": "Unauthorized"}
+    assert resp.status == 401 and resp.json() == {"error": "Unauthorized"}
     assert api.authorizer_invocations == 0
 
 
@@ -287,7 +287,7 @@ def test_explicit_deny_is_403_and_cached(api, functions):
         resp = api.handle(get("/v2/models", "deny"))
         assert resp.status == 403
         assert resp.json() == {
-            "message": "User is not authorized to access this resource with an explicit deny"}
+            "error": "User is not authorized to access this resource with an explicit deny"}
     assert api.authorizer_invocations == 1
     assert functions["echo"].invocations == 0
 
@@ -296,21 +296,21 @@ def test_cached_policy_is_evaluated_against_the_new_method_arn(api):
     assert api.handle(get("/v2/models", "narrow")).status == 200
     resp = api.handle(get("/v2/models/special", "narrow"))  # cached policy names only GET /v2/models
     assert resp.status == 403
-    assert resp.json() == {"message": "User is not authorized to access this resource"}
+    assert resp.json() == {"error": "User is not authorized to access this resource"}
     assert api.authorizer_invocations == 1
 
 
 def test_authorizer_unauthorized_is_401_and_not_cached(api):
     for _ in range(2):
         resp = api.handle(get("/v2/models", "unauth"))
-        assert resp.status == 401 and resp.json() == {"message": "Unauthorized"}
+        assert resp.status == 401 and resp.json() == {"error": "Unauthorized"}
     assert api.authorizer_invocations == 2
 
 
 @pytest.mark.parametrize("token", ["boom", "garbage", "nested"])
 def test_authorizer_failure_or_invalid_output_is_500(api, functions, token):
     resp = api.handle(get("/v2/models", token))
-    assert resp.status == 500 and resp.json() == {"message": None}
+    assert resp.status == 500 and resp.json() == {"error": None}
     assert resp.header("x-amzn-ErrorType") == "AuthorizerConfigurationException"
     assert functions["echo"].invocations == 0
 
@@ -340,18 +340,18 @@ def test_method_arn_and_authorizer_event(api, functions):
 
 def test_handler_exception_is_502_without_the_exception_text(api):
     resp = api.handle(get("/boom"))
-    assert resp.status == 502 and resp.json() == {"message": "Internal server error"}
+    assert resp.status == 502 and resp.json() == {"error": "Internal server error"}
     assert b"s3://" not in resp.body and b"secret" not in resp.body
 
 
 def test_malformed_proxy_response_is_502(api):
     resp = api.handle(get("/malformed"))
-    assert resp.status == 502 and resp.json() == {"message": "Internal server error"}
+    assert resp.status == 502 and resp.json() == {"error": "Internal server error"}
 
 
 def test_timeout_is_504_and_the_environment_is_replaced(api, functions):
     resp = api.handle(get("/slow"))
-    assert resp.status == 504 and resp.json() == {"message": "Endpoint request timed out"}
+    assert resp.status == 504 and resp.json() == {"error": "Endpoint request timed out"}
     assert functions["slow"]._module is None
 
 
@@ -367,7 +367,7 @@ def test_binary_response_and_header_merge(api):
 def test_body_over_the_cap_is_413(api, functions):
     resp = api.handle(HttpRequest("POST", "/v2/models/m/infer", body=b"x" * 1025,
                                   headers=(("Authorization", "Bearer allow-acme"),)))
-    assert resp.status == 413 and resp.json() == {"message": "Request Too Long"}
+    assert resp.status == 413 and resp.json() == {"error": "Request Too Long"}
     assert api.authorizer_invocations == 0 and functions["echo"].invocations == 0
 
 

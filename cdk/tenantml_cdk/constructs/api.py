@@ -167,6 +167,11 @@ class PlatformApi(Construct):
         self.rest_api.add_gateway_response(
             "Unauthorized", type=apigw.ResponseType.UNAUTHORIZED, templates=_error_template(),
             response_headers={"WWW-Authenticate": "'Bearer'"})
+        # REST APIs answer an unknown resource or method with MISSING_AUTHENTICATION_TOKEN (403); the API
+        # contract is 404 for an unknown route (local mode's emulator does the same).
+        self.rest_api.add_gateway_response(
+            "UnknownRoute", type=apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, status_code="404",
+            templates={"application/json": '{"error":"route not found"}'})
 
     @property
     def stage(self) -> apigw.Stage:

@@ -4,8 +4,9 @@ It serves `tenantml.resources.ROUTES` (the routes the CDK app deploys) and, for 
 API Gateway does in front of the functions:
 
 - route matching on resource paths with `{param}` placeholders (literal segments win); the stage prefix is
-  optional (`/v2/models` and `/<stage>/v2/models` both work); an unknown resource or method answers 403
-  `Missing Authentication Token`, as API Gateway does;
+  optional (`/v2/models` and `/<stage>/v2/models` both work); an unknown resource or method answers
+  API Gateway's MISSING_AUTHENTICATION_TOKEN, which the CDK app maps to 404 `route not found`;
+- gateway errors carry the API's `{"error": ...}` shape, as the CDK app's gateway responses render them;
 - a 10 MB body cap (413);
 - the REQUEST authorizer on `auth=True` routes: identity source = the Authorization header (missing -> 401
   without calling the authorizer), a result cache keyed by the identity source with a TTL, the cached
@@ -105,18 +106,22 @@ class ApiConfig:
     stage_variables: Mapping[str, str] | None = None
 
 
-def _gateway_error(status: int, error_type: str, message: str | None) -> HttpResponse:
-    """API Gateway's own error responses: `{"message": ...}` and x-amzn-ErrorType."""
-    return HttpResponse(status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", error_type)],
-                        json.dumps({"message": message}).encode())
+def _gateway_error(status: int, error_type: str, message: str | None,
+                   headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
+    """API Gateway's own error responses, rendered through the gateway responses the CDK app configures
+    (cdk/tenantml_cdk/constructs/api.py): `{"error": <message>}` (the API's error shape) and
+    x-amzn-ErrorType."""
+    return HttpResponse(status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", error_type),
+                                 *headers], json.dumps({"error": message}).encode())
 
 
 def missing_token() -> HttpResponse:
-    return _gateway_error(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
+    # API Gateway's MISSING_AUTHENTICATION_TOKEN (an unknown resource or method) is configured as a 404.
+    return _gateway_error(404, "MissingAuthenticationTokenException", "route not found")
 
 
 def unauthorized() -> HttpResponse:
-    return _gateway_error(401, "UnauthorizedException", "Unauthorized")
+    return _gateway_error(401, "UnauthorizedException", "Unauthorized", (("WWW-Authenticate", "Bearer"),))
 
 
 def access_denied(explicit: bool) -> HttpResponse:
