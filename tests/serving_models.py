@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 
@@ -192,6 +193,11 @@ class FakeStore:
         if key not in self.objects:
             raise ModelUnavailable(detail=f"artifact missing: {name}")
         return self.objects[key]
+
+    def download(self, owner: str, model: str, version: str, name: str, out: BinaryIO) -> None:
+        data = self.get(owner, model, version, name)
+        for i in range(0, len(data), 1 << 16):  # in chunks, like the S3 adapter
+            out.write(data[i:i + (1 << 16)])
 
     def put(self, owner: str, model: str, version: str, name: str, data: bytes) -> None:
         self.objects[(owner, model, version, name)] = data

@@ -14,7 +14,8 @@ from tenantml.observability import logger, metrics, tracer
 from tenantml.serving.service import build_service
 from tenantml.settings import get_aws_settings, get_serving_settings
 
-app = create_app(build_service(get_serving_settings(), get_aws_settings()))
+service = build_service(get_serving_settings(), get_aws_settings())
+app = create_app(service)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)

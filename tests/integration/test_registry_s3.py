@@ -4,9 +4,11 @@ no-clobber writes."""
 from __future__ import annotations
 
 import hashlib
+import io
 
 import pytest
 from moto import mock_aws
+
 from tenantml import resources
 from tenantml.aws import client
 from tenantml.errors import ModelUnavailable
@@ -54,6 +56,25 @@ def test_digest_streams_the_object(store):
     store.put("acme", "risk", "1", "model.onnx", data)
     assert store.digest("acme", "risk", "1", "model.onnx") == ArtifactDigest(hashlib.sha256(data).hexdigest(),
                                                                              len(data))
+
+
+def test_download_streams_the_object_into_a_file(store):
+    data = bytes(range(256)) * 40
+    store.put("acme", "risk", "1", "model.onnx", data)
+    chunks: list[bytes] = []
+
+    class Sink(io.RawIOBase):
+        def write(self, b):
+            chunks.append(bytes(b))
+            return len(b)
+
+    store.download("acme", "risk", "1", "model.onnx", Sink())
+    assert b"".join(chunks) == data
+    if isinstance(store, S3ArtifactStore):
+        assert len(chunks) > 1 and max(map(len, chunks)) <= 7   # written chunk by chunk, never whole
+    with pytest.raises(ModelUnavailable) as exc:
+        store.download("acme", "risk", "2", "model.onnx", Sink())
+    assert "models/acme/risk/2/model.onnx" in exc.value.detail and "s3://" not in exc.value.public_message
 
 
 def test_put_if_absent_never_clobbers(store):

@@ -395,6 +395,29 @@ def test_build_service_preloads_models(world):
     assert len(store.reads) == reads
 
 
+def test_an_oversized_artifact_is_refused_while_streaming_and_leaves_no_file(world, service, monkeypatch,
+                                                                             tmp_path):
+    import os
+    import tempfile
+
+    registry, store = world
+    monkeypatch.delattr(os, "memfd_create", raising=False)   # the /tmp path, to check its cleanup
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    key = ("_shared", "project-risk", "1", "model.onnx")
+    good = store.objects[key]
+    written: list[int] = []
+
+    def endless(owner, model, version, name, out):
+        for _ in range(1000):   # far more than the manifest's size: stops at the first byte too many
+            written.append(out.write(good))
+
+    monkeypatch.setattr(store, "download", endless)
+    err = error_of(service.infer, "acme", "project-risk", None, risk_body([[0] * 8]))
+    assert err.status == 503 and "size mismatch" in err.detail
+    assert len(written) == 1 and list(tmp_path.iterdir()) == []
+    assert service.runtime.peek(registry.resolve("acme", "project-risk")) is None
+
+
 def test_build_service_creates_no_aws_client_until_used():
     svc = build_service(settings(), AwsSettings(region="us-east-1"))
     assert svc.server_metadata() == {"name": "tenantml", "version": "0.1.0", "extensions": []}

@@ -26,3 +26,23 @@ def client(service: str, aws: AwsSettings) -> Any:
 
 def resource(service: str, aws: AwsSettings) -> Any:
     return _session(aws.region).resource(service, endpoint_url=aws.endpoint_url)
+
+
+@functools.cache
+def _botocore_session(region: str) -> Any:
+    import botocore.session  # noqa: PLC0415 - deliberate lazy import
+
+    session = botocore.session.get_session()
+    session.set_config_variable("region", region)
+    return session
+
+
+def botocore_client(service: str, aws: AwsSettings) -> Any:
+    """The same client as `client` (boto3's clients are botocore clients), made without importing boto3:
+    ~40 ms and a few MB less cold start for the inference function, which needs nothing else from boto3.
+    Not thread-safe to call concurrently (a botocore session is not): callers serialize creation."""
+    from botocore.config import Config  # noqa: PLC0415
+
+    cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=10)
+    return _botocore_session(aws.region).create_client(service, region_name=aws.region,
+                                                       endpoint_url=aws.endpoint_url, config=cfg)

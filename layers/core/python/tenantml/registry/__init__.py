@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from tenantml import SHARED_TENANT
 from tenantml.errors import BadRequest
@@ -62,6 +62,12 @@ class Registry(Protocol):
 class ArtifactStore(Protocol):
     def get(self, owner: str, model: str, version: str, name: str) -> bytes:
         """Raw bytes of one artifact file. Raises ModelUnavailable if missing (never leaks the S3 key)."""
+        ...
+
+    def download(self, owner: str, model: str, version: str, name: str, out: BinaryIO) -> None:
+        """Stream one artifact file into `out` in chunks (large files: model.onnx), so the whole file never
+        sits in Python memory. Raises ModelUnavailable if missing or if the transfer fails part-way; what
+        was written by then is the caller's to discard. The caller verifies the sha256 of what it got."""
         ...
 
     def put(self, owner: str, model: str, version: str, name: str, data: bytes) -> None: ...

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import BinaryIO
 
 from tenantml.errors import BadRequest, Conflict, ModelNotFound, ModelUnavailable
 from tenantml.manifest import BackboneRef, FileEntry, Manifest, Task, TensorSpec, sha256_bytes
@@ -225,6 +226,9 @@ class MemoryArtifactStore:
         if data is None:
             raise ModelUnavailable(detail=f"artifact missing: memory://{key}")
         return data
+
+    def download(self, owner: str, model: str, version: str, name: str, out: BinaryIO) -> None:
+        out.write(self.get(owner, model, version, name))
 
     def put(self, owner: str, model: str, version: str, name: str, data: bytes) -> None:
         key = self.key(owner, model, version, name)

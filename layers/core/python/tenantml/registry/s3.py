@@ -1,14 +1,15 @@
 """S3 adapter of the artifact store: `models/<tenant>/<model>/<version>/<file>` in the artifact bucket.
 
 Clients never see a key or bucket: a missing or unreadable artifact is ModelUnavailable, with the key in
-`detail` (logs only). Registration hashes objects in place by streaming them (`digest`), and writes new
-artifacts with `If-None-Match: *` (`put_if_absent`) so an existing version's files are never clobbered.
+`detail` (logs only). Models are streamed into a file (`download`) rather than read whole. Registration
+hashes objects in place by streaming them (`digest`), and writes new artifacts with `If-None-Match: *`
+(`put_if_absent`) so an existing version's files are never clobbered.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, BinaryIO
 
 from tenantml.aws import client as aws_client
 from tenantml.errors import BadRequest, Conflict, ModelUnavailable
@@ -52,6 +53,25 @@ class S3ArtifactStore:
             what = "missing" if _code(exc) in _MISSING else f"unreadable ({_code(exc)})"
             raise ModelUnavailable(detail=f"artifact {what}: {self._where(key)}") from None
         except BotoCoreError as exc:
+            raise ModelUnavailable(detail=f"artifact unreachable ({type(exc).__name__}): "
+                                          f"{self._where(key)}") from None
+
+    def download(self, owner: str, model: str, version: str, name: str, out: BinaryIO) -> None:
+        """GetObject streamed into `out` in `chunk_size` pieces (a model never sits in memory whole)."""
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+        key = self.key(owner, model, version, name)
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                for chunk in body.iter_chunks(self._chunk):
+                    out.write(chunk)
+            finally:
+                body.close()
+        except ClientError as exc:
+            what = "missing" if _code(exc) in _MISSING else f"unreadable ({_code(exc)})"
+            raise ModelUnavailable(detail=f"artifact {what}: {self._where(key)}") from None
+        except BotoCoreError as exc:   # includes a connection dropped part-way through the body
             raise ModelUnavailable(detail=f"artifact unreachable ({type(exc).__name__}): "
                                           f"{self._where(key)}") from None
 

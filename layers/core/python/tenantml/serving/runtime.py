@@ -10,6 +10,7 @@ tenant's head, and is looked up per request so that eviction accounting stays ho
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import threading
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import onnxruntime as ort
@@ -25,8 +26,8 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from cachetools import LRUCache
 from tokenizers import Tokenizer
 
-from tenantml.errors import ModelUnavailable, TenantMLError
-from tenantml.manifest import Manifest, verify_file
+from tenantml.errors import IntegrityError, ModelUnavailable, TenantMLError
+from tenantml.manifest import FileEntry, Manifest, verify_file
 from tenantml.observability import NAMESPACE, logger
 from tenantml.registry import ArtifactStore, ModelVersion
 from tenantml.serving import processing
@@ -132,61 +133,102 @@ def _require_outputs(manifest: Manifest, produced: set[str]) -> None:
         raise _Misconfigured(f"model does not produce declared outputs {missing}")
 
 
+class _VerifyingWriter:
+    """Writes an artifact through to `out` while hashing it; refuses bytes beyond the manifest's size, so a
+    wrong object can neither fill memory or /tmp nor reach onnxruntime."""
+
+    def __init__(self, out: BinaryIO, entry: FileEntry, label: str) -> None:
+        self._out, self._entry, self._label = out, entry, label
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> int:
+        self.size += len(chunk)
+        if self.size > self._entry.size:
+            raise IntegrityError(detail=f"size mismatch for {self._label}")
+        self._hash.update(chunk)  # releases the GIL on large chunks
+        return self._out.write(chunk)
+
+    def verify(self) -> None:
+        if self.size != self._entry.size or self._hash.hexdigest() != self._entry.sha256:
+            raise IntegrityError(detail=f"sha256 mismatch for {self._label}")
+
+
 @contextmanager
-def _model_file(data: bytes, name: str) -> Iterator[str]:
-    """`data` as a file path for onnxruntime: an in-memory file (memfd, Linux/Lambda) when available, as
-    fast as loading from bytes without the extra copy; else a temporary file (on Lambda, /tmp is disk:
-    ~2 ms per MB slower). Gone when the block exits (the session has read it by then)."""
+def _scratch_file(label: str, name: str) -> Iterator[tuple[BinaryIO, str]]:
+    """An empty file for one artifact and a path onnxruntime can open: an in-memory file (memfd, Linux and
+    Lambda: no /tmp space used, gone on close), else a file in a fresh temporary directory named after the
+    (owner, model, version). Removed when the block exits, on success or failure."""
     if hasattr(os, "memfd_create"):
-        fd = os.memfd_create(f"tenantml-{name}", os.MFD_CLOEXEC)
-        try:
-            with os.fdopen(fd, "wb", closefd=False) as f:
-                f.write(data)
-            del data  # the caller dropped its reference too: the bytes are freed before the load
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
+        fd = os.memfd_create(f"tenantml-{label}-{name}", os.MFD_CLOEXEC)
+        with os.fdopen(fd, "w+b") as f:
+            yield f, f"/proc/self/fd/{fd}"
         return
-    with tempfile.TemporaryDirectory(prefix="tenantml-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"tenantml-{label}-") as tmp:
         path = os.path.join(tmp, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        del data
-        yield path
+        with open(path, "w+b") as f:
+            yield f, path
+
+
+class Artifacts:
+    """One version's artifacts, each verified against the manifest's sha256 and size before anything is
+    built from it. Small files are read whole (`read`); a model is streamed into a scratch file while it is
+    hashed (`file`), so its bytes never sit in Python memory beside onnxruntime's copy."""
+
+    def __init__(self, store: ArtifactStore, mv: ModelVersion) -> None:
+        self._store, self._mv = store, mv
+        self._label = f"{mv.owner}-{mv.model}-{mv.version}"
+
+    def _entry(self, name: str) -> FileEntry:
+        entry = self._mv.manifest.files.get(name)
+        if entry is None:
+            raise IntegrityError(detail=f"{name} is not listed in the manifest of {self._mv.manifest.name}")
+        return entry
+
+    def read(self, name: str) -> bytes:
+        mv = self._mv
+        return verify_file(mv.manifest, name, self._store.get(mv.owner, mv.model, mv.version, name))
+
+    @contextmanager
+    def file(self, name: str) -> Iterator[tuple[str, int]]:
+        """(path, size) of the verified artifact, valid inside the block."""
+        mv, entry = self._mv, self._entry(name)
+        with _scratch_file(self._label, name) as (f, path):
+            writer = _VerifyingWriter(f, entry, f"{mv.manifest.name}/{name}")
+            self._store.download(mv.owner, mv.model, mv.version, name, writer)  # type: ignore[arg-type]
+            writer.verify()
+            f.flush()
+            yield path, writer.size
 
 
 class Loader:
-    """Builds a LoadedModel from verified artifacts. `fetch(name)` returns the bytes of one artifact."""
+    """Builds a LoadedModel from a version's verified artifacts."""
 
     def __init__(self, options: Callable[[], ort.SessionOptions] = session_options) -> None:
         self._options = options
 
-    def _session(self, fetch: Callable[[str], bytes], name: str) -> tuple[ort.InferenceSession, int]:
-        """A session over a verified artifact, created from a file rather than from bytes: onnxruntime
-        copies a bytes buffer before parsing it, so loading from bytes costs one extra model size of peak
-        RSS. The Python bytes are dropped before the session is built."""
-        data = fetch(name)
-        size = len(data)
-        with _model_file(data, name) as path:
-            del data
+    def _session(self, artifacts: Artifacts, name: str) -> tuple[ort.InferenceSession, int]:
+        """A session created from a file rather than from bytes: onnxruntime copies a bytes buffer before
+        parsing it (one extra model size of peak RSS), and the file is filled chunk by chunk."""
+        with artifacts.file(name) as (path, size):
             session = ort.InferenceSession(path, sess_options=self._options(),
                                            providers=["CPUExecutionProvider"])
         return session, size
 
-    def load(self, manifest: Manifest, fetch: Callable[[str], bytes]) -> LoadedModel:
+    def load(self, manifest: Manifest, artifacts: Artifacts) -> LoadedModel:
         if manifest.task == "embedding":
-            return self._embedding(manifest, fetch)
+            return self._embedding(manifest, artifacts)
         if manifest.task == "text-classification":
-            return self._head(manifest, fetch)
-        return self._tabular(manifest, fetch)
+            return self._head(manifest, artifacts)
+        return self._tabular(manifest, artifacts)
 
-    def _embedding(self, manifest: Manifest, fetch: Callable[[str], bytes]) -> EmbeddingModel:
+    def _embedding(self, manifest: Manifest, artifacts: Artifacts) -> EmbeddingModel:
         if manifest.tokenizer is None:
             raise _Misconfigured("embedding model without a tokenizer")
-        tok_bytes = fetch(manifest.tokenizer.file)
+        tok_bytes = artifacts.read(manifest.tokenizer.file)
         tokenizer = processing.configure_tokenizer(Tokenizer.from_str(tok_bytes.decode("utf-8")),
                                                    manifest.tokenizer.max_length)
-        session, model_size = self._session(fetch, MODEL_FILE)
+        session, model_size = self._session(artifacts, MODEL_FILE)
         graph_inputs = [i.name for i in session.get_inputs()]
         feeds = tuple(n for n in processing.TOKEN_INPUTS if n in graph_inputs)
         if len(feeds) != len(graph_inputs) or "input_ids" not in feeds:
@@ -201,10 +243,10 @@ class Loader:
                               output=manifest.outputs[0].name, dim=dim,
                               nbytes=model_size + len(tok_bytes))
 
-    def _head(self, manifest: Manifest, fetch: Callable[[str], bytes]) -> HeadModel:
+    def _head(self, manifest: Manifest, artifacts: Artifacts) -> HeadModel:
         if manifest.backbone is None:
             raise _Misconfigured("text-classification model without a backbone")
-        data = fetch(HEAD_FILE)
+        data = artifacts.read(HEAD_FILE)
         try:
             head = load_head(data)
         except TenantMLError as exc:  # load_head's BadRequest is a server-side fault here
@@ -213,11 +255,11 @@ class Loader:
         _require_outputs(manifest, produced)
         return HeadModel(head=head, text_input=_text_input(manifest), nbytes=len(data))
 
-    def _tabular(self, manifest: Manifest, fetch: Callable[[str], bytes]) -> TabularModel:
+    def _tabular(self, manifest: Manifest, artifacts: Artifacts) -> TabularModel:
         if len(manifest.labels) != 1 or len(manifest.inputs) != 1:
             raise _Misconfigured("a tabular classifier has one input and one labelled output")
         output, labels = next(iter(manifest.labels.items()))
-        session, model_size = self._session(fetch, MODEL_FILE)
+        session, model_size = self._session(artifacts, MODEL_FILE)
         graph_inputs = session.get_inputs()
         if len(graph_inputs) != 1:
             raise _Misconfigured("a tabular classifier graph has one input")
@@ -292,12 +334,8 @@ class ModelRuntime:
     def _load(self, mv: ModelVersion) -> LoadedModel:
         manifest = mv.manifest
         t0 = time.perf_counter()
-
-        def fetch(name: str) -> bytes:
-            return verify_file(manifest, name, self._store.get(mv.owner, mv.model, mv.version, name))
-
         try:
-            model = self._loader.load(manifest, fetch)
+            model = self._loader.load(manifest, Artifacts(self._store, mv))
         except TenantMLError as exc:
             self._failed(mv, type(exc).__name__, exc.detail)
             if isinstance(exc, ModelUnavailable):

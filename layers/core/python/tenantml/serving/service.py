@@ -10,11 +10,12 @@ models), the prediction cache, and the seam for models served by the GPU endpoin
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -235,8 +236,13 @@ class InferenceService:
 # --- construction ----------------------------------------------------------------------------------
 
 
+# Creating SDK clients is serialized: a botocore session is not thread-safe (local mode runs requests on
+# threads; Lambda does not, but the lock costs nothing).
+_ADAPTER_LOCK = threading.Lock()
+
+
 class _LazyRegistry:
-    """Creates the DynamoDB adapter on first use, so importing/initializing needs no boto3."""
+    """Creates the DynamoDB adapter on first use, so importing/initializing needs no SDK (and never boto3)."""
 
     def __init__(self, table: str, aws: AwsSettings) -> None:
         self._table, self._aws = table, aws
@@ -244,9 +250,13 @@ class _LazyRegistry:
 
     def _get(self) -> Registry:
         if self._impl is None:
-            from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415 - deliberate lazy import
+            with _ADAPTER_LOCK:
+                if self._impl is None:
+                    from tenantml.aws import botocore_client  # noqa: PLC0415 - deliberate lazy imports
+                    from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
 
-            self._impl = DynamoRegistry(self._table, self._aws)
+                    self._impl = DynamoRegistry(self._table, self._aws,
+                                                client=botocore_client("dynamodb", self._aws))
         return self._impl
 
     def resolve(self, tenant: str, model: str, version: str | None = None) -> ModelVersion:
@@ -263,13 +273,20 @@ class _LazyStore:
 
     def _get(self) -> ArtifactStore:
         if self._impl is None:
-            from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415 - deliberate lazy import
+            with _ADAPTER_LOCK:
+                if self._impl is None:
+                    from tenantml.aws import botocore_client  # noqa: PLC0415 - deliberate lazy imports
+                    from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415
 
-            self._impl = S3ArtifactStore(self._bucket, self._aws)
+                    self._impl = S3ArtifactStore(self._bucket, self._aws,
+                                                 client=botocore_client("s3", self._aws))
         return self._impl
 
     def get(self, owner: str, model: str, version: str, name: str) -> bytes:
         return self._get().get(owner, model, version, name)
+
+    def download(self, owner: str, model: str, version: str, name: str, out: BinaryIO) -> None:
+        self._get().download(owner, model, version, name, out)
 
     def put(self, owner: str, model: str, version: str, name: str, data: bytes) -> None:
         self._get().put(owner, model, version, name, data)
@@ -281,7 +298,8 @@ def preload_entries(settings: ServingSettings) -> list[str]:
 
 def build_service(settings: ServingSettings, aws: AwsSettings, *, registry: Registry | None = None,
                   store: ArtifactStore | None = None, gpu: GpuBackend | None = None) -> InferenceService:
-    """The service from settings: AWS adapters created lazily, `preload_models` loaded now."""
+    """The service from settings: AWS adapters created lazily, `preload_models` loaded now (init: what
+    SnapStart snapshots, so it must finish before init ends)."""
     service = InferenceService(registry=registry or _LazyRegistry(settings.registry_table, aws),
                                store=store or _LazyStore(settings.artifact_bucket, aws),
                                settings=settings, gpu=gpu)
