@@ -49,15 +49,24 @@ def _pct(values: list[float], q: float) -> float:
     return values[k]
 
 
-def _timeit(fn: Callable[[int], object], iterations: int, warmup: int = 10) -> dict[str, float]:
-    for i in range(warmup):
-        fn(i)
-    samples = []
-    for i in range(iterations):
-        t0 = time.perf_counter()
-        fn(i)
-        samples.append((time.perf_counter() - t0) * 1000)
-    return {"p50_ms": statistics.median(samples), "p95_ms": _pct(samples, 95), "n": iterations}
+def _timeit(fns: dict[str, Callable[[int], object]], iterations: int, block: int = 25,
+            ) -> dict[str, dict[str, float]]:
+    """Time several implementations in alternating blocks of `block` calls, so that a change in machine
+    load hits all of them alike and the ratios stay meaningful. Blocks rather than single calls: each
+    runtime's thread pool spins for a while after a run, which would steal the 2 cores from the next one;
+    each block starts with one untimed warm-up call."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    i = 0
+    while i < iterations:
+        for name, fn in fns.items():
+            fn(i)  # warm-up: let the other runtime's threads go idle
+            for j in range(i, min(i + block, iterations)):
+                t0 = time.perf_counter()
+                fn(j)
+                samples[name].append((time.perf_counter() - t0) * 1000)
+        i += block
+    return {name: {"p50_ms": statistics.median(v), "p95_ms": _pct(v, 95), "n": len(v)}
+            for name, v in samples.items()}
 
 
 def _batch(i: int, size: int) -> list[str]:
@@ -124,7 +133,8 @@ def torch_baseline() -> Callable[[list[str]], object] | None:
 
 
 def infer_event(texts: list[str], tenant: str = "acme") -> dict:
-    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]})
+    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
+                                   "data": texts}]})
     path = f"/v2/models/{MODEL}/infer"
     return {
         "resource": "/v2/models/{model}/infer", "path": path, "httpMethod": "POST",
@@ -178,9 +188,9 @@ def bench_command(args: argparse.Namespace) -> int:
         # Cold init, several fresh processes; median.
         colds = []
         for _ in range(5):
-            proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, str(handler_path),
-                                   json.dumps(infer_event(TEXTS[:1]))], env=env, capture_output=True,
-                                  text=True, timeout=120, check=False)
+            child = [sys.executable, "-c", _COLD_CHILD, str(handler_path), json.dumps(infer_event(TEXTS[:1]))]
+            proc = subprocess.run(child, env=env, capture_output=True, text=True,  # noqa: S603 - our script
+                                  timeout=120, check=False)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 return 1
@@ -202,21 +212,27 @@ def bench_command(args: argparse.Namespace) -> int:
         raw = raw_ort(model_dir)
         torch_run = torch_baseline()
         for size in (1, 32):
-            iters = args.iterations if size == 1 else max(20, args.iterations // 4)
+            iters = args.iterations if size == 1 else max(25, args.iterations // 4)
 
             def handler_call(i: int, size: int = size) -> object:
                 resp = mod.handler(infer_event(_batch(i, size)), ctx)
                 assert resp["statusCode"] == 200
                 return resp
 
-            with _quiet_stdout():
-                h = _timeit(handler_call, iters)
-            r = _timeit(lambda i, size=size: raw(_batch(i, size)), iters)
-            row: dict[str, object] = {"handler": h, "raw_ort": r, "handler_over_raw_p50": h["p50_ms"] / r["p50_ms"]}
+            fns: dict[str, Callable[[int], object]] = {
+                "handler": handler_call,
+                "raw_ort": lambda i, size=size: raw(_batch(i, size)),
+            }
             if torch_run is not None:
-                t = _timeit(lambda i, size=size: torch_run(_batch(i, size)), max(20, iters // 2))
-                row["torch"] = t
-                row["torch_over_handler_p50"] = t["p50_ms"] / h["p50_ms"]
+                fns["torch"] = lambda i, size=size: torch_run(_batch(i, size))
+            with _quiet_stdout():
+                timed = _timeit(fns, iters)
+            h, r = timed["handler"], timed["raw_ort"]
+            row: dict[str, object] = {"handler": h, "raw_ort": r,
+                                      "handler_over_raw_p50": h["p50_ms"] / r["p50_ms"]}
+            if "torch" in timed:
+                row["torch"] = timed["torch"]
+                row["torch_over_handler_p50"] = timed["torch"]["p50_ms"] / h["p50_ms"]
             results[f"batch_{size}"] = row
     finally:
         platform.stop()
@@ -230,12 +246,15 @@ def _print(res: dict) -> None:
     print(f"tenantml bench: {res['model']}, {res['cpu_count']} CPUs")
     c = res["cold"]
     print(f"cold init (fresh process: imports + model load + first prediction): "
-          f"{c['init_and_first_s']:.3f} s (imports {c['import_s']:.3f} s), peak RSS {c['peak_rss_mb']:.0f} MB")
+          f"{c['init_and_first_s']:.3f} s (imports {c['import_s']:.3f} s), "
+          f"peak RSS {c['peak_rss_mb']:.0f} MB")
     for key in ("batch_1", "batch_32"):
         row = res[key]
         h, r = row["handler"], row["raw_ort"]
-        line = (f"{key}: handler p50 {h['p50_ms']:.2f} ms p95 {h['p95_ms']:.2f} ms | raw ORT p50 {r['p50_ms']:.2f} ms "
-                f"p95 {r['p95_ms']:.2f} ms | handler/raw {row['handler_over_raw_p50']:.2f}x")
+        line = (f"{key}: handler p50 {h['p50_ms']:.2f} ms p95 {h['p95_ms']:.2f} ms | "
+                f"raw ORT p50 {r['p50_ms']:.2f} ms p95 {r['p95_ms']:.2f} ms | "
+                f"handler/raw {row['handler_over_raw_p50']:.2f}x")
         if "torch" in row:
-            line += f" | torch p50 {row['torch']['p50_ms']:.2f} ms ({row['torch_over_handler_p50']:.1f}x slower)"
+            line += (f" | torch p50 {row['torch']['p50_ms']:.2f} ms "
+                     f"({row['torch_over_handler_p50']:.1f}x slower)")
         print(line)
