@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make local   install and run the whole platform on this machine (no Docker, no AWS account)
-#   make test    install and run every test suite (unit, integration, infrastructure, e2e)
+#   make test    install, lint (ruff) and run every test suite (unit, integration, infrastructure, e2e)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -36,6 +36,7 @@ local: install
 	$(BIN)/tenantml local
 
 test: install-dev
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: install

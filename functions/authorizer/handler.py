@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
+
 from tenantml.auth.policy import authorize
 from tenantml.auth.verifier import TokenVerifier
 from tenantml.settings import get_auth_settings

@@ -7,6 +7,7 @@ import functools
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from tenantml.api.registry_routes import create_app
 from tenantml.observability import logger
 from tenantml.registry.service import RegistrationService

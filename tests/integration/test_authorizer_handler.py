@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from tenantml.auth.devkeys import ensure_dev_keys
 from tenantml.auth.policy import policy_allows
 from tenantml.settings import reset_settings

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from moto import mock_aws
+
 from tenantml import resources
 from tenantml.errors import BadRequest, Conflict, ModelNotFound
 from tenantml.local.provision import create_resources

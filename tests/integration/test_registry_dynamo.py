@@ -7,6 +7,7 @@ import re
 
 import pytest
 from moto import mock_aws
+
 from tenantml import resources
 from tenantml.aws import client
 from tenantml.errors import Conflict

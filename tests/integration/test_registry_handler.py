@@ -10,6 +10,7 @@ import logging
 
 import pytest
 from moto import mock_aws
+
 from tenantml import resources
 from tenantml.local.provision import create_resources, function_env
 from tenantml.manifest import Manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from moto import mock_aws
+
 from tenantml import cli, resources
 from tenantml.errors import BadRequest
 from tenantml.local.provision import create_resources, function_env

@@ -9,6 +9,7 @@ import time
 
 import jwt
 import pytest
+
 from tenantml.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, EC_FILE, RSA_FILE, ensure_dev_keys, token_command
 from tenantml.auth.jwks import JwksCache, StaticJwksSource
 from tenantml.auth.verifier import TokenVerifier

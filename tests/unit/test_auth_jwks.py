@@ -9,6 +9,7 @@ import urllib.error
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
 from tenantml.auth import JwksUnavailable
 from tenantml.auth.jwks import (
     MAX_JWKS_BYTES,

@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event i
 )
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
 from tenantml.auth import Claims, DenyReason, InvalidToken, JwksUnavailable, MissingToken
 from tenantml.auth.jwks import JwksCache, JwksError, StaticJwksSource
 from tenantml.auth.policy import (

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
 from tenantml.auth import Claims, DenyReason, InvalidToken, JwksUnavailable
 from tenantml.auth.jwks import JwksCache, JwksError, StaticJwksSource
 from tenantml.auth.verifier import TokenVerifier

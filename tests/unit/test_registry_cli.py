@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from tenantml import cli
 from tenantml.errors import BadRequest, Conflict
 from tenantml.manifest import Manifest

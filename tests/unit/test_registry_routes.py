@@ -9,6 +9,7 @@ import json
 import re
 
 import pytest
+
 from tenantml import resources
 from tenantml.api.registry_routes import create_app
 from tenantml.registry.memory import MemoryArtifactStore, MemoryRegistry, manifest_for

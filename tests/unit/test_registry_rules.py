@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+
 from tenantml.errors import BadRequest
 from tenantml.registry import (
     ModelState,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+
 from tenantml.api.context import Caller
 from tenantml.errors import BadRequest, Conflict, Forbidden, ModelNotFound, PayloadTooLarge
 from tenantml.manifest import BackboneRef, Manifest

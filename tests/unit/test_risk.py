@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from tenantml.build.risk import FEATURES, RISK_LABELS, _model, build_risk, generate
 from tenantml.manifest import Manifest, verify_file
 

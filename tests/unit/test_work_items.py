@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tenantml.build import BuildError
 from tenantml.build.heads import canonical_json, linear_output, prototype_output
 from tenantml.build.work_items import (

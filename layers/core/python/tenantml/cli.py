@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = msub.add_parser("build", help="build the example models (offline, reproducible, cached)")
     b.add_argument("--out", default=DEFAULT_MODELS_DIR, help="output folder (default: %(default)s)")
     b.add_argument("--only", action="append", default=None,
-                   help="build only this model (repeatable): minilm-embed, work-item-classifier, project-risk")
+                   help="build only this model (repeatable): minilm-embed, minilm-embed-fp32, "
+                        "work-item-classifier, project-risk")
     b.add_argument("--force", action="store_true", help="rebuild even if the cache says nothing changed")
     b.set_defaults(func=_lazy("tenantml.build.pipeline:build_command"))
 
@@ -66,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--port", type=int, default=8080, help="API port (default: %(default)s)")
     loc.add_argument("--moto-port", type=int, default=5005, help="AWS emulator port (default: %(default)s)")
     loc.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
-    loc.add_argument("--no-build", action="store_true", help="do not build models (use what --models-dir has)")
+    loc.add_argument("--no-build", action="store_true",
+                     help="do not build models (use what --models-dir has)")
     loc.set_defaults(func=_lazy("tenantml.local.platform:local_command"))
 
     # invoke ------------------------------------------------------------------------------------
-    inv = sub.add_parser("invoke", help="run one function handler with an event file (sam local invoke, no Docker)")
+    inv = sub.add_parser("invoke",
+                         help="run one function handler with an event file (sam local invoke, no Docker)")
     inv.add_argument("function", help="authorizer, inference or registry")
     inv.add_argument("event", help="event JSON file, e.g. events/inference-infer.json")
     inv.add_argument("--env", action="append", default=None, metavar="KEY=VALUE",

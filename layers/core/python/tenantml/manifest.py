@@ -95,7 +95,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def verify_file(manifest: Manifest, name: str, data: bytes) -> bytes:
-    """Return `data` if it matches the manifest's sha256 and size for `name`; raise IntegrityError otherwise."""
+    """Return `data` if it matches the manifest's sha256 and size for `name`; else raise IntegrityError."""
     entry = manifest.files.get(name)
     if entry is None:
         raise IntegrityError(detail=f"{name} is not listed in the manifest of {manifest.name}")

@@ -75,7 +75,8 @@ class ServingSettings(RegistrySettings):
     prediction_cache_size: int = Field(default=2048, ge=0)
     prediction_cache_ttl_seconds: int = Field(default=300, ge=0)
     registry_cache_ttl_seconds: int = Field(default=30, ge=0)
-    preload_models: str = ""  # comma-separated "tenant/model[/version]" loaded at init (SnapStart, cold start)
+    # Comma-separated "tenant/model[/version]" loaded at init (SnapStart, cold start).
+    preload_models: str = ""
 
 
 class ObservabilitySettings(_Settings):
@@ -112,5 +113,6 @@ def get_serving_settings() -> ServingSettings:
 
 
 def reset_settings() -> None:
-    for getter in (get_observability_settings, get_aws_settings, get_auth_settings, get_registry_settings, get_serving_settings):
+    for getter in (get_observability_settings, get_aws_settings, get_auth_settings, get_registry_settings,
+                   get_serving_settings):
         getter.cache_clear()
