@@ -100,6 +100,41 @@ def test_token_type_ids_are_used():
     assert not np.allclose(_embed(model, feeds), _embed(model, other), atol=1e-3)
 
 
+def test_fused_attention_graph_computes_the_same_function_with_padding():
+    weights = _weights()
+    fused = minilm.build_graph(weights, CFG, fused_attention=True)
+    feeds = _batch([10, 6, 2], seq=10)
+
+    want, _ = minilm.numpy_forward(weights, CFG, **feeds)
+    np.testing.assert_allclose(_embed(fused, feeds), want, atol=2e-5)
+    alone = {k: v[1:2, :6] for k, v in feeds.items()}
+    np.testing.assert_allclose(_embed(fused, alone)[0], want[1], atol=2e-5)
+    ops = Counter(n.op_type for n in fused.graph.node)
+    assert ops["Attention"] == CFG.num_layers and ops["Softmax"] == 0 and ops["Transpose"] == 0
+    assert {o.domain for o in fused.opset_import} == {"", minilm.MS_DOMAIN}
+    plain = minilm.build_graph(weights, CFG)
+    assert {o.domain for o in plain.opset_import} == {""}  # the default graph stays plain ONNX
+
+
+def test_fused_attention_is_quantized_to_qattention(tmp_path: Path):
+    weights = _weights()
+    scopes = ["embeddings.LayerNorm", "layer0.output.LayerNorm"]
+    rng = np.random.default_rng(4)
+    smoothing = {s: np.exp(rng.standard_normal(CFG.hidden_size)).astype(np.float32) for s in scopes}
+    fp32 = tmp_path / "fused.onnx"
+    model = minilm.build_graph(weights, CFG, smoothing, fused_attention=True)
+    minilm.save_model(model, fp32)
+
+    minilm.quantize_int8(fp32, tmp_path / "int8.onnx")
+
+    q = onnx.load(str(tmp_path / "int8.onnx"))
+    ops = Counter(n.op_type for n in q.graph.node)
+    assert ops["QAttention"] == CFG.num_layers and ops["Attention"] == 0
+    feeds = _batch([9, 4], seq=9)
+    got = _session(q, **{"session.x64quantprecision": "1"}).run(["embedding"], feeds)[0]
+    assert ((got * _embed(model, feeds)).sum(1) > 0.95).all()
+
+
 def test_smoothing_moves_scale_into_weights_without_changing_the_function():
     weights = _weights()
     rng = np.random.default_rng(3)

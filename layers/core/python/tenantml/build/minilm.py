@@ -7,6 +7,12 @@ FusedMatMul, DynamicQuantizeLinear+MatMulInteger -> DynamicQuantizeMatMul), foll
 the attention mask and L2 normalisation, so the graph's output *is* the sentence embedding
 sentence-transformers produces.
 
+onnxruntime does not fuse this opset's attention subgraph at load time, so the int8 variant's graph is
+written with the attention already fused: one com.microsoft `Attention` node per layer (packed QKV weights,
+raw 0/1 key mask), which the quantizer turns into `QAttention` (int8 QKV projection, per-channel weights,
+exactly the quantization of the three separate MatMuls). That contrib op runs on onnxruntime's CPU EP only,
+which is what serves the model; the fp32 variant stays plain ONNX.
+
 Two variants are written, each a complete model version folder (model.onnx, tokenizer.json, manifest.json):
 
 - `minilm-embed-fp32/`  the exact export
@@ -52,6 +58,7 @@ OPSET = 17  # LayerNormalization is an ONNX op from opset 17
 MAX_LENGTH = 256  # sentence_bert_config.json max_seq_length
 PRODUCER = "tenantml.build.minilm"
 MASK_NEGATIVE = -10000.0  # additive attention mask for padding: exp(-1e4) underflows to 0 in fp32
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (the int8 variant's fused Attention)
 
 # Acceptance thresholds against the sentence-transformers reference (cosine similarity per sentence).
 FP32_MIN_COSINE = 0.9999
@@ -96,7 +103,8 @@ class QuantizationSettings:
     per_channel: bool = True
     reduce_range: bool = True
     # Gather: the word/token-type embedding tables (weight-only, dequantized after the lookup): -35 MB.
-    op_types_to_quantize: tuple[str, ...] = ("MatMul", "Gather")
+    # Attention: the fused attention's QKV projection (-> com.microsoft QAttention).
+    op_types_to_quantize: tuple[str, ...] = ("MatMul", "Attention", "Gather")
     # The FFN down projections of layers 0-2 read GELU outputs up to ~25 (typically ~1): they stay fp32.
     nodes_to_exclude: tuple[str, ...] = tuple(f"layer{i}.output/MatMul" for i in range(3))
     # SmoothQuant migration strength for the MatMuls fed by a LayerNormalization; None disables it.
@@ -215,8 +223,12 @@ class _GraphBuilder:
 
 
 def build_graph(weights: dict[str, np.ndarray], cfg: BertConfig,
-                smoothing: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+                smoothing: dict[str, np.ndarray] | None = None, *,
+                fused_attention: bool = False) -> onnx.ModelProto:
     """The MiniLM sentence encoder: BERT + mean pooling + L2 normalisation, as one ONNX model.
+
+    With `fused_attention`, each layer's self-attention is one com.microsoft `Attention` node (onnxruntime
+    only); otherwise it is plain ONNX (Reshape/Transpose/MatMul/Softmax).
 
     `smoothing` maps a LayerNorm scope (e.g. `layer0.attention.LayerNorm`) to per-channel scales s: the
     MatMuls fed by that LayerNorm then compute (x / s) @ (diag(s) W), the same function with the outlier
@@ -239,16 +251,20 @@ def build_graph(weights: dict[str, np.ndarray], cfg: BertConfig,
     smooth_scale: dict[str, np.ndarray] = {}  # LayerNorm output name -> s
     smoothed_input: dict[str, str] = {}  # LayerNorm output name -> its x / s tensor
 
-    def linear(x: str, prefix: str, scope: str) -> str:
-        # torch Linear stores [out, in]; MatMul wants [in, out].
-        weight = np.ascontiguousarray(w(f"{prefix}.weight").T)
+    def smoothed(x: str, weight: np.ndarray) -> tuple[str, np.ndarray]:
+        """`x` and its [in, out] consumer weight, or x / s and diag(s) W where x has smoothing scales."""
         if x in smooth_scale:
             s = smooth_scale[x]
             if x not in smoothed_input:
                 inv = g.init(f"{x}.smooth_inv_scale", (1.0 / s).astype(np.float32))
                 smoothed_input[x] = g.op("Mul", [x, inv], f"{x}/smooth")
             x = smoothed_input[x]
-            weight = np.ascontiguousarray(weight * s[:, None], dtype=np.float32)
+            weight = weight * s[:, None]
+        return x, np.ascontiguousarray(weight, dtype=np.float32)
+
+    def linear(x: str, prefix: str, scope: str) -> str:
+        # torch Linear stores [out, in]; MatMul wants [in, out].
+        x, weight = smoothed(x, w(f"{prefix}.weight").T)
         wt = g.init(f"{scope}.weight", weight)
         b = g.init(f"{scope}.bias", w(f"{prefix}.bias"))
         return g.op("Add", [g.op("MatMul", [x, wt], f"{scope}/MatMul"), b], f"{scope}/Add")
@@ -276,25 +292,37 @@ def build_graph(weights: dict[str, np.ndarray], cfg: BertConfig,
     x = g.op("Add", [x, positions], "embeddings/position/Add")
     x = layer_norm(x, "embeddings.LayerNorm", "embeddings.LayerNorm")
 
-    # additive attention mask [B, 1, 1, S]: 0 where attended, MASK_NEGATIVE on padding -------------------
-    # (two Unsqueezes, then Cast/Sub/Mul: the mask pattern onnxruntime's attention fusion matches)
-    mask = g.op("Unsqueeze", ["attention_mask", g.const("const.axes_1", [1], "int64")], "mask/Unsqueeze_1")
-    mask = g.op("Unsqueeze", [mask, g.const("const.axes_2", [2], "int64")], "mask/Unsqueeze_2")
-    mask = g.op("Cast", [mask], "mask/Cast", to=TensorProto.FLOAT)
-    mask = g.op("Sub", [g.const("const.one", 1.0, f32), mask], "mask/Sub")
-    mask = g.op("Mul", [mask, g.const("const.mask_negative", MASK_NEGATIVE, f32)], "mask/Mul")
-
-    heads_shape = g.const("const.heads_shape", [0, 0, cfg.num_heads, cfg.head_size], "int64")
-    hidden_shape = g.const("const.hidden_shape", [0, 0, cfg.hidden_size], "int64")
-    scale = g.const("const.attention_scale", math.sqrt(cfg.head_size), f32)
+    axes_1 = g.const("const.axes_1", [1], "int64")
+    axes_2 = g.const("const.axes_2", [2], "int64")
+    one = g.const("const.one", 1.0, f32)
     sqrt2 = g.const("const.sqrt2", math.sqrt(2.0), f32)
     half = g.const("const.half", 0.5, f32)
-    one = "const.one"
 
-    for i in range(cfg.num_layers):
-        p = f"encoder.layer.{i}"
-        s = f"layer{i}"
-        # self-attention
+    if fused_attention:
+        # the raw 0/1 key mask [B, S] as int32; Attention adds -10000 (its mask_filter_value) on padding
+        mask_index = g.op("Cast", ["attention_mask"], "mask/Cast", to=TensorProto.INT32)
+    else:
+        # additive attention mask [B, 1, 1, S]: 0 where attended, MASK_NEGATIVE on padding -----------------
+        # (two Unsqueezes, then Cast/Sub/Mul: the mask pattern onnxruntime's attention fusion matches)
+        mask = g.op("Unsqueeze", ["attention_mask", axes_1], "mask/Unsqueeze_1")
+        mask = g.op("Unsqueeze", [mask, axes_2], "mask/Unsqueeze_2")
+        mask = g.op("Cast", [mask], "mask/Cast", to=TensorProto.FLOAT)
+        mask = g.op("Sub", [one, mask], "mask/Sub")
+        mask = g.op("Mul", [mask, g.const("const.mask_negative", MASK_NEGATIVE, f32)], "mask/Mul")
+        heads_shape = g.const("const.heads_shape", [0, 0, cfg.num_heads, cfg.head_size], "int64")
+        hidden_shape = g.const("const.hidden_shape", [0, 0, cfg.hidden_size], "int64")
+        scale = g.const("const.attention_scale", math.sqrt(cfg.head_size), f32)
+
+    def fused_self_attention(x: str, p: str, s: str) -> str:
+        """Q, K, V projections, scaled masked softmax and context in one node: [B, S, H] -> [B, S, H]."""
+        qkv = [f"{p}.attention.self.{n}" for n in ("query", "key", "value")]
+        x, weight = smoothed(x, np.concatenate([w(f"{n}.weight").T for n in qkv], axis=1))
+        bias = np.concatenate([w(f"{n}.bias") for n in qkv])
+        return g.op("Attention", [x, g.init(f"{s}.attention.qkv.weight", weight),
+                                  g.init(f"{s}.attention.qkv.bias", bias), mask_index],
+                    f"{s}.attention/Attention", domain=MS_DOMAIN, num_heads=cfg.num_heads)
+
+    def self_attention(x: str, p: str, s: str) -> str:
         q = linear(x, f"{p}.attention.self.query", f"{s}.attention.query")
         k = linear(x, f"{p}.attention.self.key", f"{s}.attention.key")
         v = linear(x, f"{p}.attention.self.value", f"{s}.attention.value")
@@ -310,7 +338,12 @@ def build_graph(weights: dict[str, np.ndarray], cfg: BertConfig,
         probs = g.op("Softmax", [scores], f"{s}.attention/Softmax", axis=-1)
         ctx = g.op("MatMul", [probs, v], f"{s}.attention.context/MatMul")
         ctx = g.op("Transpose", [ctx], f"{s}.attention.context/Transpose", perm=[0, 2, 1, 3])
-        ctx = g.op("Reshape", [ctx, hidden_shape], f"{s}.attention.context/Reshape")
+        return g.op("Reshape", [ctx, hidden_shape], f"{s}.attention.context/Reshape")
+
+    for i in range(cfg.num_layers):
+        p = f"encoder.layer.{i}"
+        s = f"layer{i}"
+        ctx = (fused_self_attention if fused_attention else self_attention)(x, p, s)
         attn = linear(ctx, f"{p}.attention.output.dense", f"{s}.attention.output")
         x = layer_norm(g.op("Add", [attn, x], f"{s}.attention.residual/Add"),
                        f"{p}.attention.output.LayerNorm", f"{s}.attention.LayerNorm")
@@ -324,9 +357,9 @@ def build_graph(weights: dict[str, np.ndarray], cfg: BertConfig,
                        f"{p}.output.LayerNorm", f"{s}.output.LayerNorm")
 
     # mean pooling over real tokens, then L2 normalisation -------------------------------------------
-    token_mask = g.op("Unsqueeze", ["attention_mask", "const.axes_2"], "pooling/Unsqueeze")
+    token_mask = g.op("Unsqueeze", ["attention_mask", axes_2], "pooling/Unsqueeze")
     token_mask = g.op("Cast", [token_mask], "pooling/Cast", to=TensorProto.FLOAT)
-    axis1 = "const.axes_1"
+    axis1 = axes_1
     summed = g.op("ReduceSum", [g.op("Mul", [x, token_mask], "pooling/Mul"), axis1], "pooling/ReduceSum",
                   keepdims=0)
     counts = g.op("ReduceSum", [token_mask, axis1], "pooling/count/ReduceSum", keepdims=0)
@@ -348,7 +381,10 @@ def build_graph(weights: dict[str, np.ndarray], cfg: BertConfig,
         value_info=[helper.make_tensor_value_info(positions, TensorProto.FLOAT,
                                                   ["sequence", cfg.hidden_size])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    opsets = [helper.make_opsetid("", OPSET)]
+    if fused_attention:
+        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+    model = helper.make_model(graph, opset_imports=opsets,
                               producer_name=PRODUCER, producer_version="1")
     model.ir_version = 8  # opset 17's IR version; readable by every onnxruntime >= 1.13
     model.doc_string = "all-MiniLM-L6-v2 sentence embeddings (mean pooled, L2 normalised)"
@@ -455,7 +491,8 @@ def smoothing_scales(weights: dict[str, np.ndarray], cfg: BertConfig,
 
 def export_models(source: Source, fp32_path: Path, smoothed_path: Path,
                   quantization: QuantizationSettings) -> None:
-    """Write the exact fp32 graph, and the (optionally smoothed) fp32 graph the int8 variant starts from."""
+    """Write the exact fp32 graph, and the fp32 graph the int8 variant starts from (fused attention,
+    optionally smoothed)."""
     from safetensors.numpy import load_file
 
     source.check_pooling()
@@ -467,7 +504,7 @@ def export_models(source: Source, fp32_path: Path, smoothed_path: Path,
         tok = source_tokenizer(source.model_dir / "tokenizer.json", max_length=source.max_seq_length())
         batches = (encode_batch(tok, [text]) for text in CALIBRATION_TEXTS)
         smoothing = smoothing_scales(weights, cfg, batches, quantization.smooth_alpha)
-    save_model(build_graph(weights, cfg, smoothing), smoothed_path)
+    save_model(build_graph(weights, cfg, smoothing, fused_attention=True), smoothed_path)
 
 
 class _DropPreprocessHint(logging.Filter):
