@@ -1,6 +1,6 @@
 """tenantml: the platform library (Lambda layer `core`).
 
-Imports go one way: functions/* -> tenantml -> AWS SDK. Nothing in here reads os.environ except
+Imports go one way: functions/* -> tenantml -> AWS SDK. Nothing in here reads the environment except
 `tenantml.settings`, which parses settings once at the edge.
 """
 
