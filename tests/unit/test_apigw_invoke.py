@@ -13,8 +13,9 @@ import pytest
 
 from tenantml.cli import main
 from tenantml.local import invoke as invoke_mod
-from tenantml.local.context import EnvPatch, FunctionError, LambdaContext, LocalFunction
+from tenantml.local.context import FunctionError, LambdaContext, LocalFunction
 from tenantml.resources import FUNCTIONS, FunctionDef
+from tenantml.settings import EnvPatch
 
 HANDLER = """
 import os, sys

@@ -175,6 +175,7 @@ print(json.dumps({"import_s": t_import, "init_and_first_s": t_total,
 
 def bench_command(args: argparse.Namespace) -> int:
     from tenantml.local.platform import start_platform
+    from tenantml.settings import EnvPatch, environment
 
     root = Path(__file__).resolve().parents[4]
     handler_path = root / "functions" / "inference" / "handler.py"
@@ -182,9 +183,11 @@ def bench_command(args: argparse.Namespace) -> int:
     results: dict[str, object] = {"model": MODEL + " (int8)", "cpu_count": os.cpu_count()}
     platform = start_platform(Path(args.models_dir), host="127.0.0.1", port=0, moto_port=0, build=True,
                               say=lambda line: print(line, file=sys.stderr))
+    patch = None
     try:
-        env = dict(os.environ, **platform.env, TENANTML_PREDICTION_CACHE_SIZE="0",
-                   TENANTML_PRELOAD_MODELS=f"_shared/{MODEL}")
+        overrides = {**platform.env, "TENANTML_PREDICTION_CACHE_SIZE": "0",
+                     "TENANTML_PRELOAD_MODELS": f"_shared/{MODEL}"}
+        env = environment(overrides)
         # Cold init, several fresh processes; median.
         colds = []
         for _ in range(5):
@@ -197,12 +200,10 @@ def bench_command(args: argparse.Namespace) -> int:
             colds.append(json.loads(proc.stderr.strip().splitlines()[-1]))
         results["cold"] = {k: statistics.median(c[k] for c in colds) for k in colds[0]}
 
-        os.environ.update(env)
         from tenantml.local.context import LambdaContext
         from tenantml.resources import FUNCTIONS
-        from tenantml.settings import reset_settings
 
-        reset_settings()
+        patch = EnvPatch(overrides).apply()  # the in-process handler reads the same settings
         import importlib.util
 
         spec = importlib.util.spec_from_file_location("inference_handler_bench", handler_path)
@@ -235,6 +236,8 @@ def bench_command(args: argparse.Namespace) -> int:
                 row["torch_over_handler_p50"] = timed["torch"]["p50_ms"] / h["p50_ms"]
             results[f"batch_{size}"] = row
     finally:
+        if patch is not None:
+            patch.restore()
         platform.stop()
     _print(results)
     if args.json_out:

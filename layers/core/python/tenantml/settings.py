@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -116,3 +116,45 @@ def reset_settings() -> None:
     for getter in (get_observability_settings, get_aws_settings, get_auth_settings, get_registry_settings,
                    get_serving_settings):
         getter.cache_clear()
+
+
+def environment(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of the process environment with `overrides` applied (for child processes)."""
+    return {**os.environ, **(overrides or {})}
+
+
+class EnvPatch:
+    """Set (and remove) process environment variables, and put everything back on `restore()`; the
+    settings caches are reset both ways. Local mode and the benchmark use it to give in-process functions
+    the environment Lambda would (they read it through this module, exactly as on Lambda)."""
+
+    def __init__(self, values: Mapping[str, str], remove: Iterable[str] = ()) -> None:
+        self.values = dict(values)
+        self.remove = tuple(remove)
+        self._saved: dict[str, str | None] | None = None
+
+    def apply(self) -> EnvPatch:
+        if self._saved is None:
+            self._saved = {k: os.environ.get(k) for k in (*self.values, *self.remove)}
+            for k in self.remove:
+                os.environ.pop(k, None)
+            os.environ.update(self.values)
+            reset_settings()
+        return self
+
+    def restore(self) -> None:
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_settings()
+
+    def __enter__(self) -> EnvPatch:
+        return self.apply()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +21,6 @@ from typing import Any
 
 import tenantml
 from tenantml.resources import LOCAL_PREFIX, FunctionDef
-from tenantml.settings import reset_settings
 
 ACCOUNT_ID = "123456789012"
 INIT_TIMEOUT_S = 60.0  # a local cold start may build caches; Lambda allows 10 s (then retries the init)
@@ -171,40 +168,3 @@ class LocalFunction:
             exc = out["error"]
             raise FunctionError(self.fn.name, type(exc).__name__) from exc
         return json.loads(out["result"])
-
-
-class EnvPatch:
-    """Set (and remove) process environment variables for the functions, and put everything back on
-    `restore()`. Functions read their settings from the environment (tenantml.settings) exactly as on
-    Lambda; in-process they share this one environment. Settings caches are reset both ways."""
-
-    def __init__(self, values: Mapping[str, str], remove: Iterable[str] = ()) -> None:
-        self.values = dict(values)
-        self.remove = tuple(remove)
-        self._saved: dict[str, str | None] | None = None
-
-    def apply(self) -> EnvPatch:
-        if self._saved is None:
-            self._saved = {k: os.environ.get(k) for k in (*self.values, *self.remove)}
-            for k in self.remove:
-                os.environ.pop(k, None)
-            os.environ.update(self.values)
-            reset_settings()
-        return self
-
-    def restore(self) -> None:
-        saved, self._saved = self._saved, None
-        if saved is None:
-            return
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        reset_settings()
-
-    def __enter__(self) -> EnvPatch:
-        return self.apply()
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from tenantml import resources
-from tenantml.local.context import EnvPatch, FunctionError, FunctionTimeout, LocalFunction, handler_path
+from tenantml.local.context import FunctionError, FunctionTimeout, LocalFunction, handler_path
+from tenantml.settings import EnvPatch
 
 STATE_FILE = Path(".tenantml/local.json")
 FUNCTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")

@@ -31,7 +31,7 @@ from typing import Any
 from tenantml import SHARED_TENANT, resources
 from tenantml.local import provision
 from tenantml.local.apigw import DEFAULT_AUTHORIZER_TTL_S, ApiConfig, ApiGatewayEmulator, ApiServer
-from tenantml.local.context import EnvPatch, LocalFunction, handler_path
+from tenantml.local.context import LocalFunction, handler_path
 from tenantml.local.invoke import STATE_FILE
 from tenantml.local.moto_server import (
     DUMMY_CREDENTIALS,
@@ -40,7 +40,7 @@ from tenantml.local.moto_server import (
     MotoServerError,
     port_is_free,
 )
-from tenantml.settings import AwsSettings
+from tenantml.settings import AwsSettings, EnvPatch
 
 REGION = "us-east-1"
 DEMO_TENANT = "acme"
