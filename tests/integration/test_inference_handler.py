@@ -12,17 +12,13 @@ import json
 
 import pytest
 import serving_models as sm
-from moto import mock_aws
+from moto_env import AWS, NAMES, lambda_account
 
-from tenantml import resources
-from tenantml.local.provision import create_resources, function_env
 from tenantml.observability import logger
 from tenantml.registry.dynamo import DynamoRegistry
 from tenantml.registry.s3 import S3ArtifactStore
-from tenantml.settings import AwsSettings, reset_settings
+from tenantml.settings import reset_settings
 
-AWS = AwsSettings(region="us-east-1")
-NAMES = resources.LocalNames.make("tenantml-test")
 # Health and metadata requests publish no metrics; Powertools warns about that once per invocation.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 EVENTS = ["health-live", "health-ready", "server-metadata", "list-models", "model-metadata", "model-ready",
@@ -39,18 +35,12 @@ def register(registry: DynamoRegistry, store: S3ArtifactStore, v: sm.Version) ->
 
 @pytest.fixture
 def aws(monkeypatch):
-    with mock_aws():
-        create_resources(AWS, NAMES)
+    with lambda_account(monkeypatch):
         registry = DynamoRegistry(NAMES.tables["registry"], AWS)
         store = S3ArtifactStore(NAMES.buckets["artifacts"], AWS)
         for v in (sm.embedding_version(), sm.tabular_version(), sm.classifier_version("acme")):
             register(registry, store, v)
-        for key, value in function_env(NAMES, AWS).items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.delenv("TENANTML_ENDPOINT_URL", raising=False)
-        reset_settings()
         yield registry, store
-    reset_settings()
 
 
 @pytest.fixture

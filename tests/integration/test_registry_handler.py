@@ -9,29 +9,17 @@ import json
 import logging
 
 import pytest
-from moto import mock_aws
+from moto_env import AWS, NAMES, lambda_account
 
-from tenantml import resources
-from tenantml.local.provision import create_resources, function_env
 from tenantml.manifest import Manifest
 from tenantml.registry.dynamo import DynamoRegistry
 from tenantml.registry.s3 import S3ArtifactStore
-from tenantml.settings import AwsSettings, reset_settings
-
-AWS = AwsSettings(region="us-east-1")
-NAMES = resources.LocalNames.make("tenantml-test")
 
 
 @pytest.fixture
 def fn(monkeypatch, load_handler):
-    with mock_aws():
-        create_resources(AWS, NAMES)
-        for key, value in function_env(NAMES, AWS).items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.delenv("TENANTML_ENDPOINT_URL", raising=False)
-        reset_settings()
+    with lambda_account(monkeypatch):
         yield load_handler("registry")        # a fresh module: a cold start
-    reset_settings()
 
 
 @pytest.fixture

@@ -4,34 +4,24 @@ the service's refusals leaving nothing registered."""
 from __future__ import annotations
 
 import pytest
-from moto import mock_aws
+from moto_env import AWS, NAMES, lambda_account
 
-from tenantml import cli, resources
+from tenantml import cli
 from tenantml.errors import BadRequest
-from tenantml.local.provision import create_resources, function_env
 from tenantml.manifest import BackboneRef, Manifest
 from tenantml.registry.dynamo import DynamoRegistry
 from tenantml.registry.memory import manifest_for
 from tenantml.registry.s3 import S3ArtifactStore
 from tenantml.registry.service import RegistrationService
-from tenantml.settings import AwsSettings, reset_settings
 
-AWS = AwsSettings(region="us-east-1")
-NAMES = resources.LocalNames.make("tenantml-test")
 FILES = {"model.onnx": b"\x08\x07a tabular model", "baseline.json": b'{"features": {"x": {}}}'}
 EMB = {"model.onnx": b"\x08\x07an embedding model", "tokenizer.json": b'{"model": {"vocab": {}}}'}
 
 
 @pytest.fixture
 def env(monkeypatch):
-    with mock_aws():
-        create_resources(AWS, NAMES)
-        for key, value in function_env(NAMES, AWS).items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.delenv("TENANTML_ENDPOINT_URL", raising=False)
-        reset_settings()
+    with lambda_account(monkeypatch):
         yield
-    reset_settings()
 
 
 @pytest.fixture
