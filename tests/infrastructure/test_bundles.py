@@ -61,6 +61,9 @@ def test_layer_and_function_content(synth):
     assert [p.name for p in runtime.iterdir()] == ["python"]
     assert (core / "python" / "tenantml" / "resources.py").is_file()
     assert not (core / "python" / "tenantml" / "local").exists()
+    # The example-model builders (and their training data) only run on a laptop: not in the layer.
+    assert not (core / "python" / "tenantml" / "example_models").exists()
+    assert not list(core.rglob("work_items.csv"))
     assert not list(core.glob("python/*.egg-info")) and not list(core.rglob("__pycache__"))
     for needed in ("onnxruntime", "numpy", "tokenizers", "pydantic", "jwt", "cryptography",
                    "aws_lambda_powertools", "aws_xray_sdk", "cachetools", "jmespath"):

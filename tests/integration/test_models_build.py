@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tenantml.build import minilm
-from tenantml.build.pipeline import build_models
+from tenantml.example_models import minilm
+from tenantml.example_models.pipeline import build_models
 from tenantml.manifest import Manifest, verify_file
 
 pytestmark = pytest.mark.slow
@@ -144,7 +144,7 @@ def test_rebuild_without_torch_is_byte_identical(built, tmp_path: Path):
                     raise ImportError(name)
 
         sys.meta_path.insert(0, NoTorch())
-        from tenantml.build.pipeline import build_models
+        from tenantml.example_models.pipeline import build_models
         build_models(Path({str(tmp_path)!r}), only={{"minilm-embed"}}, reference=Path({str(FIXTURE)!r}),
                      progress=lambda line: None)
         assert "torch" not in sys.modules
@@ -186,7 +186,7 @@ def test_fixture_matches_sentence_transformers_today(reference: dict):
     """Only where the `reference` extra (torch) is installed: the committed fixture is what
     `tenantml models reference` computes now."""
     pytest.importorskip("sentence_transformers")
-    from tenantml.build.reference import compute_reference
+    from tenantml.example_models.reference import compute_reference
 
     sample = [reference["items"][i] for i in (0, 5, len(reference["items"]) - 1)]
     fresh = compute_reference(tuple(it["text"] for it in sample))

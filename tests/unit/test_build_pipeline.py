@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import tenantml
-from tenantml.build import BuildError, pipeline
+from tenantml.example_models import BuildError, pipeline
 
 PKG = Path(tenantml.__file__).resolve().parent
 
@@ -41,9 +41,9 @@ def test_build_command_reports_errors_with_exit_status_1(tmp_path: Path, capsys)
 
 
 def test_source_files_follow_tenantml_imports_transitively():
-    files = {p.relative_to(PKG).as_posix() for p in pipeline.source_files("tenantml.build.minilm")}
-    assert {"build/minilm.py", "build/__init__.py", "manifest.py", "errors.py"} <= files
-    assert "build/pipeline.py" not in files and "settings.py" not in files
+    files = {p.relative_to(PKG).as_posix() for p in pipeline.source_files("tenantml.example_models.minilm")}
+    assert {"example_models/minilm.py", "example_models/__init__.py", "manifest.py", "errors.py"} <= files
+    assert "example_models/pipeline.py" not in files and "settings.py" not in files
 
 
 def test_keys_are_stable_and_chain_through_needs(tmp_path: Path):
@@ -52,7 +52,8 @@ def test_keys_are_stable_and_chain_through_needs(tmp_path: Path):
     b = pipeline.step_inputs(step, {"minilm-embed": "k1"}, None)
     c = pipeline.step_inputs(step, {"minilm-embed": "k2"}, None)
     assert pipeline._key(a) == pipeline._key(b) != pipeline._key(c)
-    assert "build/work_items.py" in a["sources"]
+    assert "example_models/work_items.py" in a["sources"]
+    assert "example_models/data/work_items.csv" in a["data"]   # the training data is part of the key
     assert a["backbone"] == {"tenant": "_shared", "model": "minilm-embed", "version": "1"}
 
 
@@ -71,7 +72,7 @@ def test_minilm_key_covers_the_weights_package_and_the_reference(tmp_path: Path)
 
 
 def test_damaged_outputs_are_not_up_to_date(tmp_path: Path):
-    step = pipeline.Step("toy", "tenantml.build.minilm", ("toy",))
+    step = pipeline.Step("toy", "tenantml.example_models.minilm", ("toy",))
     (tmp_path / "toy").mkdir()
     (tmp_path / "toy" / "model.onnx").write_bytes(b"12345")
     (tmp_path / "toy" / "manifest.json").write_text(json.dumps({"files": {"model.onnx": {"size": 5}}}))

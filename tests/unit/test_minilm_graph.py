@@ -13,8 +13,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tenantml.build import minilm
-from tenantml.build.minilm import BertConfig, QuantizationSettings
+from tenantml.example_models import minilm
+from tenantml.example_models.minilm import BertConfig, QuantizationSettings
 
 CFG = BertConfig(hidden_size=32, num_heads=4, num_layers=2, intermediate_size=64, layer_norm_eps=1e-12,
                  vocab_size=50, max_position_embeddings=16, type_vocab_size=2)

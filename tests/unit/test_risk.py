@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tenantml.build.risk import FEATURES, RISK_LABELS, _model, build_risk, generate
+from tenantml.example_models.risk import FEATURES, RISK_LABELS, _model, build_risk, generate
 from tenantml.manifest import Manifest, verify_file
 
 N_TEST_BUILD = 800

@@ -1,4 +1,4 @@
-"""Head math and validation (tenantml.serving.heads), head building (tenantml.build.heads) and the
+"""Head math and validation (tenantml.serving.heads), head building (tenantml.example_models.heads) and the
 work-item-classifier / prototype-head builders, with a stand-in embedder (hashed character n-grams).
 
 The real build embeds with MiniLM; these tests only need an embedder with the same contract
@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tenantml.build import BuildError
-from tenantml.build.heads import canonical_json, linear_output, prototype_output
-from tenantml.build.work_items import (
+from tenantml.errors import BadRequest, ModelUnavailable
+from tenantml.example_models import BuildError
+from tenantml.example_models.heads import canonical_json, linear_output, prototype_output
+from tenantml.example_models.work_items import (
     DATA_FILE,
     LABELS,
     _choose_c,
@@ -26,7 +27,6 @@ from tenantml.build.work_items import (
     build_prototype_head,
     load_work_items,
 )
-from tenantml.errors import BadRequest, ModelUnavailable
 from tenantml.manifest import BackboneRef, Manifest, verify_file
 from tenantml.serving.heads import Head, apply_head, load_head, parse_head
 

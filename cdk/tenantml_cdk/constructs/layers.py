@@ -1,7 +1,7 @@
 """The two Lambda layers every function gets.
 
 * core:    `layers/core/python/tenantml` (the platform library), minus what only runs on a laptop
-           (local mode, model-build data, packaging metadata).
+           (local mode, the example-model builders and their data, packaging metadata).
 * runtime: `layers/runtime/requirements.txt`, pip-installed for the Lambda platform on this machine
            (no Docker, see tenantml_cdk.bundling).
 
@@ -30,7 +30,7 @@ CORE_LAYER_EXCLUDES = [
     "**/*.pyc",
     "python/*.egg-info",          # editable-install metadata of the dev venv
     "python/tenantml/local",      # local mode: moto server and the API Gateway emulator
-    "python/tenantml/build/data",  # model-build inputs
+    "python/tenantml/example_models",  # the example-model builders and their training data
 ]
 
 

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build only this model (repeatable): minilm-embed, minilm-embed-fp32, "
                         "work-item-classifier, project-risk")
     b.add_argument("--force", action="store_true", help="rebuild even if the cache says nothing changed")
-    b.set_defaults(func=_lazy("tenantml.build.pipeline:build_command"))
+    b.set_defaults(func=_lazy("tenantml.example_models.pipeline:build_command"))
 
     r = msub.add_parser("register", help="upload a built model version to S3 and register it in DynamoDB")
     r.add_argument("path", help="a built model folder (holding manifest.json)")
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref = msub.add_parser("reference", help="regenerate the reference-embedding fixture (needs torch + "
                                             "sentence-transformers: pip install -e '.[reference]')")
     ref.add_argument("--out", default=None, help="fixture path (default: the committed fixture)")
-    ref.set_defaults(func=_lazy("tenantml.build.reference:reference_command"))
+    ref.set_defaults(func=_lazy("tenantml.example_models.reference:reference_command"))
 
     # token -------------------------------------------------------------------------------------
     t = sub.add_parser("token", help="mint a dev JWT signed by the local dev key")

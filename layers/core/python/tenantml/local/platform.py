@@ -233,7 +233,7 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
         folders = {model: models_dir / model for model, _ in REGISTRATIONS}
         if build:
             with _step(say, 4, total, f"models (cached in {models_dir})"):
-                from tenantml.build.pipeline import build_models  # noqa: PLC0415
+                from tenantml.example_models.pipeline import build_models  # noqa: PLC0415
 
                 built = build_models(models_dir, progress=lambda line: say(f"      {line}"))
                 folders.update({name: Path(path) for name, path in built.items()})

@@ -4,7 +4,7 @@ A head is a small JSON file (`head.json`, kilobytes) that turns L2-normalised em
 into class probabilities, so a tenant-specific classifier costs no extra ONNX session. Two kinds:
 
 - ``linear``: per output, ``probs = softmax(e @ W.T + b)`` with ``W [n_labels, d]``, ``b [n_labels]``
-  (a multinomial logistic regression trained by ``tenantml.build.work_items``)::
+  (a multinomial logistic regression trained by ``tenantml.example_models.work_items``)::
 
       {"kind": "linear", "embedding_dim": 384,
        "outputs": [{"name": "category", "labels": [...], "weight": [[...d floats] per label],

@@ -49,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tenantml.build import BuildError
-from tenantml.build.heads import write_artifact, write_manifest
+from tenantml.example_models import BuildError
+from tenantml.example_models.heads import write_artifact, write_manifest
 from tenantml.manifest import Manifest, TensorSpec
 
 MODEL_NAME = "project-risk"
@@ -198,8 +198,8 @@ def build_risk(out_dir: Path, *, n: int = N_SAMPLES, seed: int = DATA_SEED) -> d
             # "label" is INT64 [n]: an index into labels["risk"]; "probabilities" is FP32 [n, 3].
             "onnx_label_encoding": "index",
             "trainer": {"estimator": "sklearn.ensemble.GradientBoostingClassifier", "params": MODEL_PARAMS},
-            "data": {"generator": "tenantml.build.risk.generate", "n": n, "seed": seed,
-                     "formula": "see tenantml/build/risk.py docstring",
+            "data": {"generator": "tenantml.example_models.risk.generate", "n": n, "seed": seed,
+                     "formula": "see tenantml/example_models/risk.py docstring",
                      "cut_points": {"low_below": LOW_BELOW, "high_from": HIGH_FROM}},
             "split": {"test_size": TEST_SIZE, "stratify": "risk", "random_state": MODEL_SEED},
             "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "majority_baseline_accuracy",

@@ -29,7 +29,7 @@ class BuildError(TenantMLError):
 def default_reference_path() -> Path | None:
     """The reference fixture, relative to the working directory or else in this source checkout (or None)."""
     candidates = [Path.cwd() / REFERENCE_FIXTURE]
-    # layers/core/python/tenantml/build/__init__.py -> the repository root is five levels up.
+    # layers/core/python/tenantml/example_models/__init__.py -> the repository root is five levels up.
     parents = Path(__file__).resolve().parents
     if len(parents) > 5:
         candidates.append(parents[5] / REFERENCE_FIXTURE)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tenantml.build import BuildError
 from tenantml.errors import BadRequest
+from tenantml.example_models import BuildError
 from tenantml.manifest import FileEntry, Manifest, sha256_bytes
 
 DECIMALS = 6

@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from tenantml.build import REFERENCE_FIXTURE, BuildError, default_reference_path
+from tenantml.example_models import REFERENCE_FIXTURE, BuildError, default_reference_path
 from tenantml.manifest import sha256_file
 
 SIGNIFICANT_DIGITS = 7

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tenantml.build import BuildError
-from tenantml.build.heads import (
+from tenantml.errors import BadRequest
+from tenantml.example_models import BuildError
+from tenantml.example_models.heads import (
     DEFAULT_TEMPERATURE,
     canonical_json,
     linear_head,
@@ -38,7 +39,6 @@ from tenantml.build.heads import (
     write_artifact,
     write_manifest,
 )
-from tenantml.errors import BadRequest
 from tenantml.manifest import NAME_RE, BackboneRef, Manifest, TensorSpec, sha256_bytes
 from tenantml.serving.heads import apply_head, load_head
 

