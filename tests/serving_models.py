@@ -1,6 +1,7 @@
 """Small but real model versions for the serving tests: ONNX graphs built with onnx.helper, a WordPiece
-tokenizer built with `tokenizers`, a linear head, an skl2onnx tabular classifier, and in-memory fakes of
-the Registry/ArtifactStore protocols with the registry's tenancy rules (own model first, then `_shared`).
+tokenizer built with `tokenizers`, a linear head, an skl2onnx tabular classifier, and `register` /
+`populated` to put them into a registry and artifact store: the library's in-memory ones
+(tenantml.registry.memory, contract-tested against DynamoDB and S3) or the AWS adapters on moto.
 
 Importable from every suite (pytest puts tests/ on sys.path for tests/conftest.py).
 """
@@ -8,15 +9,16 @@ Importable from every suite (pytest puts tests/ on sys.path for tests/conftest.p
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import BinaryIO
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from tenantml import SHARED_TENANT
-from tenantml.errors import ModelNotFound, ModelUnavailable
 from tenantml.manifest import BackboneRef, FileEntry, Manifest, TensorSpec, TokenizerSpec, sha256_bytes
-from tenantml.registry import ModelSummary, ModelVersion
+from tenantml.registry import PRODUCTION_ALIAS, ArtifactStore, ModelRegistry, ModelVersion
+from tenantml.registry.memory import MemoryArtifactStore, MemoryRegistry
+from tenantml.registry.service import MANIFEST_FILE
 
 WORDS = ["the", "login", "page", "fails", "add", "dark", "mode", "invoice", "export", "csv", "crash",
          "app", "slow", "report", "please", "bug", "feature", "question"]
@@ -177,87 +179,29 @@ def tabular_version(owner: str = SHARED_TENANT, name: str = "project-risk", *, z
     return Version(owner, manifest, artifacts, version)
 
 
-# --- fakes --------------------------------------------------------------------------------------
+# --- registration -------------------------------------------------------------------------------
 
 
-@dataclass
-class FakeStore:
-    """ArtifactStore in memory. Counts reads so tests can see what was (re)loaded."""
-
-    objects: dict[tuple[str, str, str, str], bytes] = field(default_factory=dict)
-    reads: list[tuple[str, str, str, str]] = field(default_factory=list)
-
-    def get(self, owner: str, model: str, version: str, name: str) -> bytes:
-        key = (owner, model, version, name)
-        self.reads.append(key)
-        if key not in self.objects:
-            raise ModelUnavailable(detail=f"artifact missing: {name}")
-        return self.objects[key]
-
-    def download(self, owner: str, model: str, version: str, name: str, out: BinaryIO) -> None:
-        data = self.get(owner, model, version, name)
-        for i in range(0, len(data), 1 << 16):  # in chunks, like the S3 adapter
-            out.write(data[i:i + (1 << 16)])
-
-    def put(self, owner: str, model: str, version: str, name: str, data: bytes) -> None:
-        self.objects[(owner, model, version, name)] = data
+def register(registry: ModelRegistry, store: ArtifactStore, v: Version, *,
+             aliases: Sequence[str] = (PRODUCTION_ALIAS,), actor: str = "test") -> ModelVersion:
+    """Upload `v`'s artifacts and its manifest.json under the version's prefix, then register the version
+    (pointing `aliases` at it: `production` unless told otherwise). Works with the in-memory registry and
+    store (tenantml.registry.memory) as with the DynamoDB and S3 adapters."""
+    model = v.manifest.name
+    for name, data in v.artifacts.items():
+        store.put(v.owner, model, v.version, name, data)
+    store.put(v.owner, model, v.version, MANIFEST_FILE, v.manifest.model_dump_json().encode())
+    return registry.register_version(v.owner, model, v.manifest, actor, version=v.version, aliases=aliases)
 
 
-@dataclass
-class FakeRegistry:
-    """Registry in memory with the real tenancy rules: own model first, then `_shared`; alias
-    `production` when no version is given, else the latest version."""
-
-    versions: dict[tuple[str, str], dict[str, ModelVersion]] = field(default_factory=dict)
-    aliases: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    resolves: int = 0
-
-    def add(self, v: Version, store: FakeStore | None = None, *,
-            alias: str | None = "production") -> ModelVersion:
-        mv = ModelVersion(owner=v.owner, model=v.manifest.name, version=v.version, manifest=v.manifest)
-        self.versions.setdefault((v.owner, mv.model), {})[v.version] = mv
-        if alias:
-            self.aliases.setdefault((v.owner, mv.model), {})[alias] = v.version
-        if store is not None:
-            for name, data in v.artifacts.items():
-                store.put(v.owner, mv.model, v.version, name, data)
-        return mv
-
-    def resolve(self, tenant: str, model: str, version: str | None = None) -> ModelVersion:
-        self.resolves += 1
-        for owner in (tenant, SHARED_TENANT):
-            versions = self.versions.get((owner, model))
-            if not versions:
-                continue
-            aliases = self.aliases.get((owner, model), {})
-            wanted = version if version is not None else aliases.get("production")
-            wanted = aliases.get(wanted, wanted) if wanted else max(versions, key=int)
-            if wanted in versions:
-                return versions[wanted]
-            raise ModelNotFound(model, version)
-        raise ModelNotFound(model, version)
-
-    def list_models(self, tenant: str) -> list[ModelSummary]:
-        out: dict[str, ModelSummary] = {}
-        for owner in (SHARED_TENANT, tenant):  # own models shadow shared ones
-            for (o, model), versions in self.versions.items():
-                if o != owner:
-                    continue
-                any_mv = next(iter(versions.values()))
-                out[model] = ModelSummary(owner=o, model=model, versions=tuple(sorted(versions, key=int)),
-                                          aliases=dict(self.aliases.get((o, model), {})),
-                                          task=any_mv.manifest.task, backend=any_mv.manifest.backend)
-        return list(out.values())
-
-
-def populated(store: FakeStore | None = None, registry: FakeRegistry | None = None,
-              ) -> tuple[FakeRegistry, FakeStore]:
-    """Shared MiniLM-like encoder and risk model; tenant `acme` owns a classifier head on the encoder."""
-    store = store or FakeStore()
-    registry = registry or FakeRegistry()
-    registry.add(embedding_version(), store)
-    registry.add(tabular_version(), store)
-    registry.add(classifier_version("acme"), store)
+def populated(store: ArtifactStore | None = None, registry: ModelRegistry | None = None,
+              ) -> tuple[ModelRegistry, ArtifactStore]:
+    """Shared MiniLM-like encoder and risk model; tenant `acme` owns a classifier head on the encoder.
+    Defaults to a fresh MemoryRegistry and MemoryArtifactStore."""
+    store = store if store is not None else MemoryArtifactStore()
+    registry = registry if registry is not None else MemoryRegistry()
+    for v in (embedding_version(), tabular_version(), classifier_version("acme")):
+        register(registry, store, v)
     return registry, store
 
 

@@ -25,21 +25,13 @@ EVENTS = ["health-live", "health-ready", "server-metadata", "list-models", "mode
           "infer-embed", "infer-classifier", "infer-risk", "infer-version"]
 
 
-def register(registry: DynamoRegistry, store: S3ArtifactStore, v: sm.Version) -> None:
-    for name, data in v.artifacts.items():
-        store.put(v.owner, v.manifest.name, v.version, name, data)
-    store.put(v.owner, v.manifest.name, v.version, "manifest.json", v.manifest.model_dump_json().encode())
-    registry.register_version(v.owner, v.manifest.name, v.manifest, "test", version=v.version,
-                              aliases=["production"])
-
-
 @pytest.fixture
 def aws(monkeypatch):
     with lambda_account(monkeypatch):
         registry = DynamoRegistry(NAMES.tables["registry"], AWS)
         store = S3ArtifactStore(NAMES.buckets["artifacts"], AWS)
         for v in (sm.embedding_version(), sm.tabular_version(), sm.classifier_version("acme")):
-            register(registry, store, v)
+            sm.register(registry, store, v)
         yield registry, store
 
 

@@ -1,5 +1,6 @@
-"""InferenceService with in-memory fakes of the Registry and ArtifactStore: tenancy, shared fallback and
-shadowing, integrity failures, the memory-bounded model cache, the prediction and registry caches."""
+"""InferenceService on the library's in-memory registry and artifact store (tenantml.registry.memory, the
+same rules as the DynamoDB/S3 adapters): tenancy, shared fallback and shadowing, integrity failures, the
+memory-bounded model cache, the prediction and registry caches."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import serving_models as sm
 from tenantml.errors import ModelNotFound, ModelUnavailable, TenantMLError
 from tenantml.manifest import BackboneRef
 from tenantml.observability import metrics
+from tenantml.registry.memory import MemoryArtifactStore, MemoryRegistry
 from tenantml.serving.heads import apply_head, load_head
 from tenantml.serving.runtime import ModelRuntime
 from tenantml.serving.service import InferenceService, build_service
@@ -41,10 +43,44 @@ def settings(**kw) -> ServingSettings:
     return ServingSettings(artifact_bucket="bucket", registry_table="table", **kw)
 
 
+class CountingRegistry:
+    """Delegates to a registry and counts `resolve` calls (what the service's registry cache saves)."""
+
+    def __init__(self, inner: MemoryRegistry) -> None:
+        self.inner = inner
+        self.resolves = 0
+
+    def resolve(self, tenant, model, version=None):
+        self.resolves += 1
+        return self.inner.resolve(tenant, model, version)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class CountingStore:
+    """Delegates to a MemoryArtifactStore and records every artifact read, as (owner, model, version, name),
+    so tests can see what was (re)loaded. `objects` and `key` are the store's own."""
+
+    def __init__(self, inner: MemoryArtifactStore) -> None:
+        self.inner = inner
+        self.reads: list[tuple[str, str, str, str]] = []
+
+    def get(self, owner, model, version, name):
+        self.reads.append((owner, model, version, name))
+        return self.inner.get(owner, model, version, name)
+
+    def download(self, owner, model, version, name, out):
+        self.reads.append((owner, model, version, name))
+        self.inner.download(owner, model, version, name, out)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 @pytest.fixture
 def world():
-    registry, store = sm.populated()
-    return registry, store
+    return sm.populated(CountingStore(MemoryArtifactStore()), CountingRegistry(MemoryRegistry()))
 
 
 @pytest.fixture
@@ -104,7 +140,7 @@ def test_shared_models_are_visible_to_every_tenant(service):
 def test_own_model_shadows_the_shared_one(world, service):
     registry, store = world
     own = sm.embedding_version("acme", seed=42)
-    registry.add(own, store)
+    sm.register(registry, store, own)
     acme = np.array(outputs(service.infer("acme", "minilm-embed", None, text_body()))["embedding"]["data"])
     other = np.array(outputs(service.infer("globex", "minilm-embed", None, text_body()))["embedding"]["data"])
     assert not np.allclose(acme, other)
@@ -157,7 +193,7 @@ def test_classifier_applies_its_head_to_the_shared_backbone(world, service):
     out = outputs(reply)
     emb = np.array(outputs(service.infer("acme", "minilm-embed", None, text_body()))["embedding"]["data"],
                    np.float32).reshape(2, sm.DIM)
-    head = load_head(store.objects[("acme", "work-item-classifier", "1", "head.json")])
+    head = load_head(store.objects[store.key("acme", "work-item-classifier", "1", "head.json")])
     for name, (labels, probs) in apply_head(head, emb).items():
         got = np.array(out[name + "_probs"]["data"]).reshape(probs.shape)
         np.testing.assert_allclose(got, probs, atol=1e-6)
@@ -180,7 +216,7 @@ def test_tabular_risk_and_output_selection(service):
 
 def test_versioned_path_and_aliases(world, service):
     registry, store = world
-    registry.add(sm.embedding_version(version="2", seed=5), store, alias="canary")
+    sm.register(registry, store, sm.embedding_version(version="2", seed=5), aliases=["canary"])
     v1 = service.infer("acme", "minilm-embed", "1", text_body())
     v2 = service.infer("acme", "minilm-embed", "2", text_body())
     canary = service.infer("acme", "minilm-embed", "canary", text_body())
@@ -195,7 +231,7 @@ def test_request_errors_are_400_and_413_before_any_model_load(service):
     assert error_of(service.infer, "acme", "minilm-embed", None,
                     sm.infer_body("text", "FP32", [1], [1.0])).status == 400
     assert error_of(service.infer, "acme", "minilm-embed", None, text_body(["x"] * 65)).status == 413
-    small = InferenceService(registry=service.registry, store=sm.FakeStore(),
+    small = InferenceService(registry=service.registry, store=MemoryArtifactStore(),
                              settings=settings(max_body_bytes=100))
     assert error_of(small.infer, "acme", "minilm-embed", None, text_body(["x" * 200])).status == 413
     assert list(service.runtime.loaded()) == []
@@ -215,8 +251,8 @@ def test_impossible_names_are_not_found_without_a_lookup(world, service, model, 
 def test_corrupt_artifact_is_503_not_cached_and_a_fixed_upload_loads(world, service):
     registry, store = world
     key = ("_shared", "minilm-embed", "1", "model.onnx")
-    good = store.objects[key]
-    store.objects[key] = good[:-1] + bytes([good[-1] ^ 1])
+    good = store.objects[store.key(*key)]
+    store.objects[store.key(*key)] = good[:-1] + bytes([good[-1] ^ 1])
     for _ in range(2):
         err = error_of(service.infer, "acme", "minilm-embed", None, text_body())
         assert isinstance(err, ModelUnavailable) and err.status == 503
@@ -224,17 +260,20 @@ def test_corrupt_artifact_is_503_not_cached_and_a_fixed_upload_loads(world, serv
         assert "sha256" in err.detail
     assert service.runtime.peek(registry.resolve("acme", "minilm-embed")) is None
     assert store.reads.count(key) == 2              # retried, never served from a cache
-    store.objects[key] = good
+    store.objects[store.key(*key)] = good
     fixed = outputs(service.infer("acme", "minilm-embed", None, text_body()))
     assert fixed["embedding"]["shape"] == [2, sm.DIM]
 
 
-def test_missing_artifact_and_a_missing_backbone_are_503(world, service):
-    registry, store = world
-    del store.objects[("_shared", "project-risk", "1", "model.onnx")]
+def test_missing_artifact_and_a_missing_backbone_are_503(world, service, clock):
+    _, store = world
+    del store.objects[store.key("_shared", "project-risk", "1", "model.onnx")]
     assert error_of(service.infer, "acme", "project-risk", None, risk_body([[0] * 8])).status == 503
-    registry.versions.pop(("_shared", "minilm-embed"))
-    err = error_of(service.infer, "acme", "work-item-classifier", None, text_body())
+    # acme's classifier in a world where its shared backbone was never registered
+    registry, store = MemoryRegistry(), MemoryArtifactStore()
+    sm.register(registry, store, sm.classifier_version("acme"))
+    svc = InferenceService(registry=registry, store=store, settings=settings(), timer=clock)
+    err = error_of(svc.infer, "acme", "work-item-classifier", None, text_body())
     assert err.status == 503 and err.public_message == "model unavailable"
 
 
@@ -243,16 +282,16 @@ def test_an_unparseable_model_is_503(world, service):
     bogus = sm.embedding_version("acme", "broken")
     bogus.artifacts["model.onnx"] = b"not an onnx graph"
     bogus.manifest = bogus.manifest.model_copy(update={"files": sm._files(bogus.artifacts)})
-    registry.add(bogus, store)
+    sm.register(registry, store, bogus)
     err = error_of(service.infer, "acme", "broken", None, text_body())
     assert err.status == 503 and "not an onnx" not in err.public_message
 
 
 def test_a_head_may_only_sit_on_a_shared_or_own_backbone(world, service):
     registry, store = world
-    registry.add(sm.embedding_version("globex", "globex-encoder"), store)
+    sm.register(registry, store, sm.embedding_version("globex", "globex-encoder"))
     sneaky = sm.classifier_version("acme", "sneaky", backbone="globex-encoder", backbone_tenant="globex")
-    registry.add(sneaky, store)
+    sm.register(registry, store, sneaky)
     assert error_of(service.infer, "acme", "sneaky", None, text_body()).status == 503
     assert ("globex", "globex-encoder", "1") not in set(service.runtime.loaded())
 
@@ -279,7 +318,7 @@ def test_gpu_models_answer_503_with_retry_after(world, service):
     registry, store = world
     v = sm.embedding_version("acme", "big-llm")
     v.manifest = v.manifest.model_copy(update={"backend": "gpu"})
-    registry.add(v, store)
+    sm.register(registry, store, v)
     for op, args in [(service.infer, (None, text_body())), (service.model_ready, ())]:
         err = error_of(op, "acme", "big-llm", *args)
         assert err.status == 503 and err.headers == {"Retry-After": "60"}
@@ -404,7 +443,7 @@ def test_an_oversized_artifact_is_refused_while_streaming_and_leaves_no_file(wor
     monkeypatch.delattr(os, "memfd_create", raising=False)   # the /tmp path, to check its cleanup
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     key = ("_shared", "project-risk", "1", "model.onnx")
-    good = store.objects[key]
+    good = store.objects[store.key(*key)]
     written: list[int] = []
 
     def endless(owner, model, version, name, out):
@@ -426,9 +465,9 @@ def test_build_service_creates_no_aws_client_until_used():
 
 def test_manifest_backbone_ref_is_used(world, service):
     registry, store = world
-    registry.add(sm.embedding_version(version="2", seed=9), store, alias=None)
+    sm.register(registry, store, sm.embedding_version(version="2", seed=9), aliases=())
     v = sm.classifier_version("acme", "on-v2")
     v.manifest = v.manifest.model_copy(update={"backbone": BackboneRef(model="minilm-embed", version="2")})
-    registry.add(v, store)
+    sm.register(registry, store, v)
     service.infer("acme", "on-v2", None, text_body())
     assert ("_shared", "minilm-embed", "2") in set(service.runtime.loaded())
