@@ -1,6 +1,7 @@
 """Infrastructure suite: the CDK app is synthesized ONCE per session, in-process (no CDK CLI, no Docker,
 no AWS), with the context of cdk.json, exactly as `cdk synth` would run it; the tests then assert intent on
 the templates, the cloud assembly (asset sizes), the cdk-nag validation report and cfn-lint.
+(test_snapstart.py synthesizes the same app once more with `snapstart` on, sharing the bundle cache.)
 
 `tenantml_cdk` lives in cdk/ (not an installed package); it is loaded by file path, the way the CDK CLI
 runs cdk/app.py, without touching sys.path.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from infra_helpers import CLI_CONTEXT, cdk_json_context
+from infra_helpers import CLI_CONTEXT, bundle_cache, cdk_json_context
 from pytest_socket import disable_socket, enable_socket
 
 CDK_DIR = Path(__file__).resolve().parents[2] / "cdk"
@@ -76,7 +77,8 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synth]:
 
     outdir = tmp_path_factory.mktemp("cdk.out")
     started = time.perf_counter()
-    built = build_app(context={**cdk_json_context(), **CLI_CONTEXT}, outdir=str(outdir), nag=True)
+    built = build_app(context={**cdk_json_context(), **CLI_CONTEXT}, outdir=str(outdir), nag=True,
+                      bundle_cache=bundle_cache())
     # Hermetic synth: the app's Python side may open no network socket (no STS, no lookups). Node (jsii)
     # talks to Python over pipes; pip (runtime layer) runs in a subprocess and only on a cache miss.
     disable_socket(allow_unix_socket=True)

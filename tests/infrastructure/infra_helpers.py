@@ -24,6 +24,14 @@ def cdk_json_context() -> dict[str, Any]:
     return dict(json.loads((ROOT / "cdk.json").read_text())["context"])
 
 
+def bundle_cache() -> Path:
+    """The runtime-layer bundle cache every synth of this suite uses: the app's default
+    (.tenantml/bundles), so a second synth reuses the first one's pip bundle instead of rebuilding it."""
+    from tenantml_cdk.bundling import default_cache_dir  # loaded by conftest.py, after this module
+
+    return default_cache_dir()
+
+
 def resources_of(template: dict, cfn_type: str) -> dict[str, dict]:
     return {k: v for k, v in template["Resources"].items() if v["Type"] == cfn_type}
 
