@@ -3,6 +3,8 @@ the real models behind the Open Inference Protocol."""
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import time
 
@@ -127,6 +129,35 @@ def test_another_tenants_model_answers_exactly_like_a_missing_one(client, globex
     meta = client.get("/v2/models/project-risk", token=globex)
     missing_meta = client.get("/v2/models/no-such-model", token=globex)
     assert meta.status == 404 and meta.body == missing_meta.body.replace(b"no-such-model", b"project-risk")
+
+
+def test_an_operator_registers_a_shared_model_that_another_tenant_lists_and_calls(client, platform):
+    """POST /admin/models/{model}/versions?owner=_shared with a real dev token holding models:write and
+    models:admin: the version goes to `_shared`, and a tenant that never registered anything sees it."""
+    import serving_models as sm
+
+    v = sm.tabular_version(name="e2e-shared-risk")   # owner _shared
+    body = {"manifest": json.loads(v.manifest.model_dump_json()), "aliases": ["production"],
+            "files": {n: base64.b64encode(d).decode() for n, d in v.artifacts.items()}}
+    path = "/admin/models/e2e-shared-risk/versions"
+    writer = platform.token("acme", ["models:write"], sub="acme-engineer")
+    denied = client.post(path + "?owner=_shared", token=writer, body=body)
+    assert denied.status == 403 and denied.json() == {"error": "missing scope 'models:admin'"}
+    operator = platform.token("acme", ["models:write", "models:admin"], sub="platform-operator")
+    assert client.post(path + "?owner=globex", token=operator, body=body).status == 400
+
+    created = client.post(path + "?owner=_shared", token=operator, body=body)
+    assert created.status == 201, created.body
+    assert created.json() == {"model": "e2e-shared-risk", "version": "1", "aliases": ["production"]}
+    # A tenant nobody has used yet (so no inference environment has its model list cached).
+    initech = platform.token("initech", ["models:read"])
+    assert "e2e-shared-risk" in _names(client.get("/v2/models", token=initech))
+    reply = client.post("/v2/models/e2e-shared-risk/infer", token=initech,
+                        body=risk_request([[0.0] * len(sm.FEATURES)]))
+    assert output(reply, "risk")["data"][0] in sm.RISK_LABELS
+    # The write is not acme's: its own audit log does not have it (it is in the _shared log).
+    audit = client.get("/admin/audit", token=operator)
+    assert audit.status == 200 and all(r["model"] != "e2e-shared-risk" for r in audit.json()["records"])
 
 
 # -- models ----------------------------------------------------------------------------------------------

@@ -100,13 +100,39 @@ def test_another_tenants_model_is_404_like_a_missing_one(call, load_event):
     assert body["records"] == []
 
 
-def test_shared_models_need_models_admin_and_then_serve_every_tenant(call, load_event):
-    event = load_event("registry-register-version")
-    assert call(caller(event, tenant="_shared"))[0] == 403
-    assert call(caller(event, tenant="_shared", scopes="models:write models:admin"))[0] == 201
+def with_owner(event: dict, owner: str) -> dict:
+    event = copy.deepcopy(event)
+    event["queryStringParameters"] = {"owner": owner}
+    event["multiValueQueryStringParameters"] = {"owner": [owner]}
+    return event
+
+
+def test_shared_models_need_owner_shared_and_models_admin_and_then_serve_every_tenant(fn, call, load_event):
+    event = with_owner(load_event("registry-register-version"), "_shared")
+    assert call(caller(event, scopes="models:write"))[:2] == (403, {"error": "missing scope 'models:admin'"})
+    status, body, _ = call(caller(with_owner(load_event("registry-register-version"), "globex"),
+                                  scopes="models:write models:admin"))
+    assert status == 400 and "'owner' may only be '_shared'" in body["error"]
+    assert call(load_event("registry-list-models"))[1] == {"models": []}     # nothing was written
+
+    target = logging.getLogger("tenantml")
+    rec = Records(fn.logger.registered_formatter)
+    target.addHandler(rec)
+    try:
+        assert call(caller(event, scopes="models:write models:admin"))[0] == 201
+    finally:
+        target.removeHandler(rec)
+    [line] = [line for line in rec.lines if line["message"] == "shared model write"]
+    assert (line["tenant"], line["owner"], line["actor"]) == ("acme", "_shared", "ml-engineer-7")
     status, body, _ = call(caller(load_event("registry-list-versions"), tenant="globex"))
     assert status == 200 and body["owner"] == "shared"
     assert "registered_by" not in body["versions"][0]   # operators are not the tenant's business
+    registry = DynamoRegistry(NAMES.tables["registry"], AWS)
+    assert registry.resolve("globex", "churn-risk").owner == "_shared"
+    # The audit record names the operator (the token's sub); it is in the _shared log, not acme's.
+    [record] = registry.list_audit("_shared").records
+    assert (record.action, record.actor, record.model) == ("register_version", "ml-engineer-7", "churn-risk")
+    assert call(load_event("registry-audit"))[1]["records"] == []
 
 
 def test_a_tampered_inline_file_registers_nothing(call, load_event):

@@ -81,10 +81,54 @@ def test_the_tenant_comes_only_from_the_authorizer(call, load_event, svc):
     assert svc.registry.list_models("globex") == []
 
 
-def test_shared_registrations_need_models_admin(call, load_event):
-    event = load_event("registry-register-version")
-    assert call(as_caller(event, tenant="_shared"))[0] == 403
-    assert call(as_caller(event, tenant="_shared", scopes="models:write models:admin"))[0] == 201
+def with_owner(event: dict, *values: str) -> dict:
+    """`?owner=...` as API Gateway puts it in a REST event (the last value wins the single-value map)."""
+    event = copy.deepcopy(event)
+    event["queryStringParameters"] = {"owner": values[-1]}
+    event["multiValueQueryStringParameters"] = {"owner": list(values)}
+    return event
+
+
+OWNER_ERROR = ("query parameter 'owner' may only be '_shared' (to write a shared model); omit it to write "
+               "your own tenant's models")
+ADMIN = "models:write models:admin"
+
+
+def test_shared_writes_need_owner_shared_and_models_admin(call, load_event, svc):
+    register = with_owner(load_event("registry-register-version"), "_shared")
+    status, body, _ = call(as_caller(register, scopes="models:write"))
+    assert (status, body) == (403, {"error": "missing scope 'models:admin'"})
+    assert svc.registry.list_models("globex") == [] and svc.store.objects == {}
+
+    status, body, headers = call(as_caller(register, scopes=ADMIN))
+    assert (status, body) == (201, {"model": "churn-risk", "version": "1", "aliases": ["production"]})
+    assert headers["Location"] == "/v2/models/churn-risk/versions/1"
+    for tenant in ("globex", "acme"):                 # every tenant now resolves the shared model
+        mv = svc.registry.resolve(tenant, "churn-risk")
+        assert (mv.owner, mv.version) == ("_shared", "1")
+    assert svc.store.get("_shared", "churn-risk", "1", "model.onnx")
+    # The audit record names the operator (the token's sub) and lands in the _shared log, not acme's.
+    [record] = svc.registry.audit("_shared")
+    assert (record.action, record.actor, record.model) == ("register_version", "ml-engineer-7", "churn-risk")
+    assert svc.registry.audit("acme") == []
+
+    set_alias = with_owner(with_body(load_event("registry-set-alias"), {"version": "1"}), "_shared")
+    assert call(as_caller(set_alias, scopes="models:write"))[:2] == (
+        403, {"error": "missing scope 'models:admin'"})
+    status, body, _ = call(as_caller(set_alias, scopes=ADMIN))
+    assert (status, body) == (200, {"model": "churn-risk", "alias": "production", "version": "1",
+                                    "previous": "1"})
+    # Without ?owner a write is the caller's own: acme has no churn-risk of its own to alias.
+    assert call(as_caller(load_event("registry-set-alias"), scopes=ADMIN))[0] == 404
+
+
+@pytest.mark.parametrize("values", [("globex",), ("acme",), ("",), ("shared",), ("_SHARED",),
+                                    ("_shared", "globex"), ("globex", "_shared")])
+@pytest.mark.parametrize("event", ["registry-register-version", "registry-set-alias"])
+def test_owner_may_only_be_shared(call, load_event, svc, event, values):
+    status, body, _ = call(as_caller(with_owner(load_event(event), *values), scopes=ADMIN))
+    assert (status, body) == (400, {"error": OWNER_ERROR})
+    assert svc.registry.list_models("acme") == [] and svc.store.objects == {}
 
 
 @pytest.mark.parametrize(("body", "expected"), [

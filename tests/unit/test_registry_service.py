@@ -177,21 +177,26 @@ def test_plan_version(svc):
         svc.plan_version("acme", "risk", "1")
 
 
-@pytest.mark.parametrize(("tenant", "scopes", "owner", "allowed"), [
-    ("acme", {"models:write"}, "acme", True),
-    ("acme", {"models:read"}, "acme", False),
-    ("acme", {"models:write", "models:admin"}, "globex", False),
-    ("acme", {"models:write", "models:admin"}, "_shared", False),
-    ("_shared", {"models:write"}, "_shared", False),
-    ("_shared", {"models:write", "models:admin"}, "_shared", True),
+@pytest.mark.parametrize(("tenant", "scopes", "owner", "refusal"), [
+    ("acme", {"models:write"}, "acme", None),
+    ("acme", {"models:read"}, "acme", "missing scope 'models:write'"),
+    ("acme", {"models:write", "models:admin"}, "globex", "you can change only your own tenant's models"),
+    ("acme", {"models:write"}, "globex", "you can change only your own tenant's models"),
+    # the shared models: any tenant's platform operator, with models:write AND models:admin
+    ("acme", {"models:write", "models:admin"}, "_shared", None),
+    ("acme", {"models:write"}, "_shared", "missing scope 'models:admin'"),
+    ("acme", {"models:admin"}, "_shared", "missing scope 'models:write'"),
+    ("_shared", {"models:write"}, "_shared", "missing scope 'models:admin'"),
+    ("_shared", {"models:write", "models:admin"}, "_shared", None),
 ])
-def test_write_access(tenant, scopes, owner, allowed):
+def test_write_access(tenant, scopes, owner, refusal):
     caller = Caller(tenant=tenant, sub="u", scopes=frozenset(scopes))
-    if allowed:
+    if refusal is None:
         check_write_access(caller, owner)
     else:
-        with pytest.raises(Forbidden):
+        with pytest.raises(Forbidden) as exc:
             check_write_access(caller, owner)
+        assert exc.value.public_message == refusal
 
 
 def test_validation_summary_names_the_fields_and_never_echoes_input():

@@ -2,12 +2,17 @@
 
     GET  /admin/models                          models the caller's tenant can call (own and shared)
     GET  /admin/models/{model}/versions         versions of the model the tenant resolves
-    POST /admin/models/{model}/versions         register a version: 201 + Location
-    PUT  /admin/models/{model}/aliases/{alias}  point an alias at a version
+    POST /admin/models/{model}/versions         register a version: 201 + Location   [?owner=_shared]
+    PUT  /admin/models/{model}/aliases/{alias}  point an alias at a version          [?owner=_shared]
     GET  /admin/audit?limit=&next_token=        the tenant's audit log, newest first
 
 Every route needs scope `models:write`; the tenant comes only from the authorizer context. Writes go to
-the caller's own tenant (`_shared` needs `models:admin` as well).
+the caller's own tenant. With `?owner=_shared` (the only value `owner` takes; anything else is a 400) a
+write goes to the shared models every tenant can call instead, and the caller needs scope `models:admin`
+as well (registry.service.check_write_access). The authorizer never accepts `_shared` as a token's
+tenant, so this is the only way to write a shared model through the API. A shared write's audit record
+(actor: the token's `sub`) goes to the `_shared` audit log, not the caller tenant's, so GET /admin/audit
+does not show it; the caller's tenant is in the log line "shared model write" (with owner and actor).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from tenantml.observability import logger
 from tenantml.registry import ALIAS_RE, MAX_AUDIT_PAGE, AuditRecord, ModelSummary, VersionRecord
 from tenantml.registry.service import RegistrationService, check_write_access, summarize_validation
 from tenantml.resources import WRITE_SCOPE
+
+OWNER_PARAM = "owner"
 
 
 class _Body(BaseModel):
@@ -96,6 +103,24 @@ def create_app(service: Callable[[], RegistrationService]) -> APIGatewayRestReso
         who.require(WRITE_SCOPE)
         return who
 
+    def write_owner(who: Caller) -> str:
+        """The tenant a write goes to: the caller's own, or `_shared` with `?owner=_shared`; checked
+        against the caller's scopes (403) before anything else is read."""
+        event = app.current_event
+        values = (event.multi_value_query_string_parameters or {}).get(OWNER_PARAM)
+        raw = event.get_query_string_value(OWNER_PARAM)
+        if raw is None:
+            owner = who.tenant
+        elif raw != SHARED_TENANT or (values is not None and len(values) != 1):
+            raise BadRequest(f"query parameter '{OWNER_PARAM}' may only be '{SHARED_TENANT}' (to write a "
+                             "shared model); omit it to write your own tenant's models")
+        else:
+            owner = SHARED_TENANT
+        check_write_access(who, owner)
+        if owner != who.tenant:
+            logger.info("shared model write", extra={"owner": owner, "actor": who.sub})
+        return owner
+
     @app.get("/admin/models")
     def list_models() -> dict[str, Any]:
         who = caller()
@@ -111,9 +136,9 @@ def create_app(service: Callable[[], RegistrationService]) -> APIGatewayRestReso
     @app.post("/admin/models/<model>/versions")
     def register_version(model: str) -> Response:
         who = caller()
-        check_write_access(who, who.tenant)
+        owner = write_owner(who)
         body: RegisterVersionBody = _parse(RegisterVersionBody, app.current_event.decoded_body)
-        registered = service().register(owner=who.tenant, model=model, manifest=body.manifest, actor=who.sub,
+        registered = service().register(owner=owner, model=model, manifest=body.manifest, actor=who.sub,
                                         version=body.version, files=_decode_files(body.files),
                                         aliases=body.aliases)
         out = {"model": registered.model, "version": registered.version, "aliases": body.aliases}
@@ -123,11 +148,11 @@ def create_app(service: Callable[[], RegistrationService]) -> APIGatewayRestReso
     @app.put("/admin/models/<model>/aliases/<alias>")
     def set_alias(model: str, alias: str) -> dict[str, Any]:
         who = caller()
-        check_write_access(who, who.tenant)
+        owner = write_owner(who)
         if not ALIAS_RE.match(alias):
             raise BadRequest(f"alias must match {ALIAS_RE.pattern}")
         body: SetAliasBody = _parse(SetAliasBody, app.current_event.decoded_body)
-        change = service().set_alias(owner=who.tenant, model=model, alias=alias, version=body.version,
+        change = service().set_alias(owner=owner, model=model, alias=alias, version=body.version,
                                      actor=who.sub)
         return {"model": change.model, "alias": change.alias, "version": change.version,
                 "previous": change.previous}

@@ -8,9 +8,11 @@ A version is registered only when everything it names is real:
 - a head's backbone is a registered version the owner may use (its own or a shared one).
 Nothing is registered when a check fails. `manifest.json` is written beside the artifacts.
 
-Who may register: a tenant only for itself (the API takes the owner from the authorizer context);
-`_shared` additionally needs scope `models:admin` (platform operators). The CLI, run by an operator with
-AWS credentials, may register for any tenant.
+Who may register (check_write_access): through the admin API a caller with scope `models:write` writes
+its own tenant's models (the tenant comes from the authorizer context), and `_shared` when it asks for it
+(`?owner=_shared`) and also holds scope `models:admin` (platform operators); no other tenant's. The
+authorizer never accepts `_shared` as a token's tenant. The CLI, run by an operator with AWS credentials,
+may register for any tenant.
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ _MAX_ERRORS = 5
 
 
 def check_write_access(caller: Caller, owner: str) -> None:
-    """A caller of the admin API may change only its own tenant's models; `_shared` needs models:admin."""
+    """May `caller` change `owner`'s models? Its own tenant's with scope models:write; the shared models
+    (`_shared`) with models:write and models:admin, whatever its tenant; no other tenant's (403)."""
     caller.require(WRITE_SCOPE)
-    if owner != caller.tenant:
-        raise Forbidden("you can change only your own tenant's models")
     if owner == SHARED_TENANT:
         caller.require(ADMIN_SCOPE)
+    elif owner != caller.tenant:
+        raise Forbidden("you can change only your own tenant's models")
 
 
 def summarize_validation(exc: ValidationError, prefix: str = "") -> str:
