@@ -1,33 +1,44 @@
 """Shared by the integration tests: a moto account holding the platform's resources (created from
-tenantml.resources, as local mode and the CDK app do) and the process environment a function would get
-on Lambda (tenantml.local.provision.function_env), undone afterwards."""
+tenantml.resources, as local mode and the CDK app do) and the process environment one function gets on
+Lambda: exactly its declared variables (tenantml.local.provision.local_environment), nothing else of
+tenantml's, undone afterwards."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from moto import mock_aws
 
 from tenantml import resources
-from tenantml.local.provision import create_resources, function_env
-from tenantml.settings import AwsSettings, reset_settings
+from tenantml.local.provision import create_resources, local_environment, process_env
+from tenantml.settings import PREFIX, AwsSettings, reset_settings
 
 AWS = AwsSettings(region="us-east-1")
 NAMES = resources.LocalNames.make("tenantml-test")
 
 
+def use_function_environment(monkeypatch, function: str, auth: Mapping[str, str] | None = None) -> dict:
+    """Set the process environment to what `function` gets: its declared variables only."""
+    for key in list(os.environ):
+        if key.startswith(PREFIX):
+            monkeypatch.delenv(key)
+    env = {**process_env(AWS), **local_environment(resources.function(function), NAMES, AWS, auth)}
+    env.pop("TENANTML_ENDPOINT_URL", None)   # in-process moto: no endpoint URL
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    return env
+
+
 @contextmanager
-def lambda_account(monkeypatch) -> Iterator[None]:
-    """moto with the tables and bucket, and the functions' environment pointing at them (in-process moto:
-    no endpoint URL)."""
+def lambda_account(monkeypatch, function: str) -> Iterator[dict]:
+    """moto with the platform's resources, and `function`'s environment pointing at them."""
     with mock_aws():
         create_resources(AWS, NAMES)
-        for key, value in function_env(NAMES, AWS).items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.delenv("TENANTML_ENDPOINT_URL", raising=False)
-        reset_settings()
+        env = use_function_environment(monkeypatch, function)
         try:
-            yield
+            yield env
         finally:
             reset_settings()

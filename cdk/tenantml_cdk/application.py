@@ -45,9 +45,9 @@ def build_app(*, context: Mapping[str, Any] | None = None, outdir: str | None = 
     env = cdk.Environment(account=config.account, region=config.region) \
         if config.account or config.region else None
     tags = {"project": "tenantml", "stage": config.stage}
-    stateful = StatefulStack(app, STATEFUL_STACK, env=env, tags=tags,
+    stateful = StatefulStack(app, STATEFUL_STACK, env=env, tags=tags, config=config,
                              description="tenantml stateful: artifact bucket, registry/idempotency tables, "
-                                         "event bus (RETAINed)")
+                                         "event bus, queues (RETAINed)")
     stateless = StatelessStack(app, STATELESS_STACK, env=env, tags=tags, config=config, data=stateful.data,
                                bundle_cache=bundle_cache,
                                description="tenantml stateless: layers, functions, REST API, dashboard, "

@@ -6,9 +6,9 @@
 * signing keys not loadable -> raise (500, nothing cached: it is our outage, not a bad token)
 
 Why each outcome, and the policy shape: tenantml/auth/policy.py. Settings (TENANTML_JWKS_URL or
-TENANTML_JWKS_JSON, TENANTML_ISSUER, TENANTML_AUDIENCE, ...) are parsed once, on the first call, and the
-verifier with its JWKS cache lives as long as the execution environment. Cold start stays small: no
-boto3, numpy or onnxruntime on this path.
+TENANTML_JWKS_JSON, TENANTML_ISSUER, TENANTML_AUDIENCE, ...) are parsed once, at init, like every
+function's; the verifier with its JWKS cache lives as long as the execution environment (keys are fetched
+on the first request, not at init). Cold start stays small: no boto3, numpy or onnxruntime on this path.
 """
 
 from __future__ import annotations
@@ -22,16 +22,10 @@ from tenantml.auth.verifier import TokenVerifier
 from tenantml.settings import get_auth_settings
 
 logger = Logger(service="tenantml")  # the "tenantml" logger: tenantml.auth.* log lines go through it
-_verifier: TokenVerifier | None = None
-
-
-def get_verifier() -> TokenVerifier:
-    global _verifier
-    if _verifier is None:
-        _verifier = TokenVerifier.from_settings(get_auth_settings())
-    return _verifier
+settings = get_auth_settings()
+verifier = TokenVerifier.from_settings(settings)
 
 
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return authorize(event, get_verifier())
+    return authorize(event, verifier)

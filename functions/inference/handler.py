@@ -14,7 +14,8 @@ from tenantml.observability import logger, metrics, tracer
 from tenantml.serving.service import build_service
 from tenantml.settings import get_aws_settings, get_serving_settings
 
-service = build_service(get_serving_settings(), get_aws_settings())
+settings = get_serving_settings()
+service = build_service(settings, get_aws_settings())
 app = create_app(service)
 
 

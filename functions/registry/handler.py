@@ -1,9 +1,10 @@
 """Registry admin API (API Gateway proxy; scope models:write): register versions, aliases, audit log.
-Routes live in tenantml.api.registry_routes; this file only wires settings, logging and the resolver."""
+Routes live in tenantml.api.registry_routes; this file only wires settings, logging and the resolver.
+
+Init (once per execution environment): settings parsed, the service and its AWS clients built."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -13,14 +14,9 @@ from tenantml.observability import logger
 from tenantml.registry.service import RegistrationService
 from tenantml.settings import get_aws_settings, get_registry_settings
 
-
-@functools.cache
-def _service() -> RegistrationService:
-    # Settings are parsed on first use, once per execution environment (never at import time).
-    return RegistrationService.from_settings(get_registry_settings(), get_aws_settings())
-
-
-app = create_app(_service)
+settings = get_registry_settings()
+service = RegistrationService.from_settings(settings, get_aws_settings())
+app = create_app(service)
 
 
 @logger.inject_lambda_context(clear_state=True)

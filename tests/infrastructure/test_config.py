@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 from infra_helpers import ROOT, cdk_json_context
-from pydantic import BaseModel
 from tenantml_cdk.config import ConfigError, context_keys, load_config
-from tenantml_cdk.constructs.functions import env_name
 
 from tenantml import resources, settings
 
@@ -74,26 +72,44 @@ def test_every_context_key_is_documented_in_the_architecture_doc():
     assert not missing, f"document these context keys in docs/architecture.md: {missing}"
 
 
-def _settings_models() -> list[type[BaseModel]]:
-    return [settings.AuthSettings, settings.RegistrySettings, settings.ServingSettings, settings.AwsSettings]
+def test_a_required_variable_the_stack_cannot_provide_fails_synth():
+    from tenantml_cdk.constructs.functions import FunctionFactory
 
-
-def test_every_function_env_var_is_read_by_a_settings_model():
-    """resources.FUNCTIONS lists env vars by name; each must be a field of a tenantml.settings model, so
-    what the stack sets is exactly what the function parses."""
-    known = {env_name(model, field) for model in _settings_models() for field in model.model_fields}
-    for definition in resources.FUNCTIONS:
-        unknown = set(definition.env) - known
-        assert not unknown, f"{definition.name}: {unknown} is read by no settings model"
+    broken = resources.FunctionDef("inference", "needs the bus", (settings.PublisherSettings,))
+    factory = FunctionFactory.__new__(FunctionFactory)   # only its environment() is exercised
+    factory._values = {"TENANTML_ARTIFACT_BUCKET": "b"}  # noqa: SLF001
+    with pytest.raises(resources.EnvironmentContractError, match="needs TENANTML_EVENT_BUS_NAME"):
+        factory.environment(broken)
 
 
 def test_sam_local_declares_overridable_placeholders_only_when_asked():
-    from tenantml_cdk.stateless_stack import extra_environment
+    from tenantml_cdk.stateless_stack import platform_values
 
-    assert extra_environment(load_config(REQUIRED)) == {d.name: {} for d in resources.FUNCTIONS}
-    extra = extra_environment(load_config({**REQUIRED, "sam_local": "true", "preload_models": "acme/risk"}))
-    assert extra["authorizer"] == {"TENANTML_JWKS_JSON": ""}
-    assert extra["inference"] == {"TENANTML_ENDPOINT_URL": "", "TENANTML_PRELOAD_MODELS": "acme/risk"}
-    assert extra["registry"] == {"TENANTML_ENDPOINT_URL": ""}
+    data = _FakeData()
+    plain = platform_values(load_config(REQUIRED), data)   # type: ignore[arg-type]
+    assert "TENANTML_JWKS_JSON" not in plain and "TENANTML_ENDPOINT_URL" not in plain
+    assert "TENANTML_PRELOAD_MODELS" not in plain
+    sam = platform_values(load_config({**REQUIRED, "sam_local": "true", "preload_models": "acme/risk"}),
+                          data)  # type: ignore[arg-type]
+    assert sam["TENANTML_JWKS_JSON"] == "" and sam["TENANTML_ENDPOINT_URL"] == ""
+    assert sam["TENANTML_PRELOAD_MODELS"] == "acme/risk"
+    env = {d.name: resources.function_environment(d, sam) for d in resources.FUNCTIONS}
+    assert env["authorizer"]["TENANTML_JWKS_JSON"] == "" and "TENANTML_ENDPOINT_URL" not in env["authorizer"]
+    assert env["inference"]["TENANTML_PRELOAD_MODELS"] == "acme/risk"
+    assert all(env[n]["TENANTML_ENDPOINT_URL"] == "" for n in ("inference", "registry", "publisher"))
     # "" is "not set" to tenantml.settings, so a deployed function with the placeholders is unchanged.
     assert settings.AwsSettings.from_env({"TENANTML_ENDPOINT_URL": ""}).endpoint_url is None
+
+
+class _Named:
+    def __init__(self, name: str) -> None:
+        self.bucket_name = self.table_name = self.event_bus_name = name
+
+
+class _FakeData:
+    """The names platform_values reads from the stateful stack's PlatformData."""
+
+    artifact_bucket = _Named("bucket")
+    registry_table = _Named("registry")
+    event_bus = _Named("bus")
+    tables = {resources.IDEMPOTENCY_TABLE.id: _Named("idempotency")}

@@ -17,6 +17,9 @@ from aws_lambda_powertools.utilities.parser.models import (
     ApiGatewayAuthorizerRequest,
     APIGatewayEventRequestContext,
     APIGatewayProxyEventModel,
+    DynamoDBStreamModel,
+    EventBridgeModel,
+    SqsModel,
 )
 from infra_helpers import ROOT
 from pydantic import BaseModel, ConfigDict
@@ -70,8 +73,22 @@ def test_event_parses_with_its_function_trigger_model(path):
         assert route, f"{path.name}: {parsed.httpMethod} {parsed.resource} is not a route of {function}"
         if route.auth:   # API Gateway only invokes an authorized route with the authorizer's context
             assert parsed.requestContext.authorizer is not None, f"{path.name}: no authorizer context"
+    elif resources.function(function).triggers:
+        trigger_models = {"stream": DynamoDBStreamModel, "sqs": SqsModel, "rule": EventBridgeModel,
+                          "schedule": EventBridgeModel}
+        kinds = {t.kind for t in resources.function(function).triggers}
+        assert any(_parses(trigger_models[k], event) for k in kinds), \
+            f"{path.name}: matches no trigger of {function}"
     else:
         pytest.fail(f"{path.name}: no trigger model known for function {function}")
+
+
+def _parses(model: type[BaseModel], event: dict) -> bool:
+    try:
+        model.model_validate(event)
+    except ValueError:
+        return False
+    return True
 
 
 def test_prefix_mapping_rejects_unknown_functions(tmp_path):

@@ -66,13 +66,30 @@ def test_function_from_the_factory(synth, stateless, definition):
 
 
 @pytest.mark.parametrize("definition", resources.FUNCTIONS, ids=lambda d: d.name)
-def test_function_environment_is_exactly_what_its_definition_lists(synth, stateless, definition):
-    env = stateless["Resources"][function_id(definition)]["Properties"]["Environment"]["Variables"]
+def test_function_environment_is_exactly_what_its_settings_read(synth, stateless, definition):
+    env = dict(stateless["Resources"][function_id(definition)]["Properties"]["Environment"]["Variables"])
     assert env.pop("POWERTOOLS_SERVICE_NAME") == observability.SERVICE
     assert env.pop("POWERTOOLS_METRICS_NAMESPACE") == observability.NAMESPACE
-    assert env.pop("TENANTML_TRACING") == ("true" if synth.config.sdk_tracing else "false")
-    env.pop("TENANTML_PRELOAD_MODELS", None)
-    assert set(env) == set(definition.env)
+    declared = definition.variables
+    assert set(env) <= set(declared)
+    assert {k for k, required in declared.items() if required} <= set(env)
+    if "TENANTML_TRACING" in declared:
+        assert env["TENANTML_TRACING"] == ("true" if synth.config.sdk_tracing else "false")
+
+
+@pytest.mark.parametrize("definition", resources.FUNCTIONS, ids=lambda d: d.name)
+def test_the_template_and_local_mode_give_each_function_the_same_variables(stateless, definition, tmp_path):
+    """One environment contract: what the deployed function gets equals what local mode (and the
+    integration tests) give it, but for the declared deployment differences."""
+    from tenantml.auth.devkeys import ensure_dev_keys
+    from tenantml.local import platform
+    from tenantml.settings import AwsSettings
+
+    deployed = set(stateless["Resources"][function_id(definition)]["Properties"]["Environment"]["Variables"])
+    aws = AwsSettings(region="us-east-1", endpoint_url="http://127.0.0.1:5005")
+    local = set(platform.function_environment(resources.LocalNames.make(), aws,
+                                              ensure_dev_keys(tmp_path / "keys"))[definition.name])
+    assert deployed - resources.AWS_ONLY_VARIABLES == local - resources.LOCAL_ONLY_VARIABLES
 
 
 def test_authorizer_settings_come_from_context(synth, stateless):
@@ -101,12 +118,16 @@ def test_no_statement_grants_a_service_wide_or_global_action(stateless):
                 assert action != "*" and not SERVICE_WILDCARD.match(action), (role, action)
 
 
-def test_resource_star_is_only_ever_xray(stateless):
-    for name in (d.name for d in resources.FUNCTIONS):
-        for statement in _statements(stateless, name):
+def test_resource_star_is_only_ever_xray_and_stream_listing(stateless):
+    """X-Ray's two actions support no resource-level permissions; nor does dynamodb:ListStreams, which a
+    stream event source mapping's role needs (and only such a function holds it)."""
+    for d in resources.FUNCTIONS:
+        allowed = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+        if d.triggers_of("stream"):
+            allowed.add("dynamodb:ListStreams")
+        for statement in _statements(stateless, d.name):
             if "*" in as_list(statement["Resource"]):
-                assert set(as_list(statement["Action"])) <= {"xray:PutTraceSegments",
-                                                             "xray:PutTelemetryRecords"}, statement
+                assert set(as_list(statement["Action"])) <= allowed, statement
 
 
 def test_authorizer_has_no_data_access(stateless):

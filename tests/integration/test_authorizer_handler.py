@@ -136,17 +136,16 @@ def test_missing_header_raises_unauthorized_for_a_401(fn, load_event, lambda_con
 def test_settings_and_verifier_are_built_once_per_environment(fn, dev_keys, load_event, lambda_context):
     token = dev_keys.mint("acme")
     fn.handler(with_token(load_event("authorizer-request"), token), lambda_context)
-    first = fn.get_verifier()
+    first = fn.verifier
     fn.handler(with_token(load_event("authorizer-request"), token), lambda_context)
-    assert fn.get_verifier() is first
+    assert fn.verifier is first
 
 
-def test_missing_settings_fail_loudly(env, load_handler, load_event, lambda_context):
+def test_missing_settings_fail_the_init(env, load_handler):
     env.delenv("TENANTML_JWKS_JSON")
     reset_settings()
-    fn = load_handler("authorizer")  # importing still works: settings are read on the first call
-    with pytest.raises(ValueError):
-        fn.handler(load_event("authorizer-request"), lambda_context)
+    with pytest.raises(ValueError, match="TENANTML_JWKS_URL or TENANTML_JWKS_JSON"):
+        load_handler("authorizer")  # settings are parsed at init, like every function's
 
 
 class _JwksServer:

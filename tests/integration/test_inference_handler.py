@@ -1,5 +1,5 @@
 """functions/inference/handler.py in-process on moto, fed events/inference-*.json, configured through the
-environment exactly as Lambda would be (tenantml.local.provision.function_env). Models are small but real
+environment exactly as Lambda would be (tenantml.local.provision.local_environment). Models are small but real
 ONNX graphs/heads (tests/serving_models.py) registered through the real DynamoDB and S3 adapters under the
 names the sample events use."""
 
@@ -27,7 +27,7 @@ EVENTS = ["health-live", "health-ready", "server-metadata", "list-models", "mode
 
 @pytest.fixture
 def aws(monkeypatch):
-    with lambda_account(monkeypatch):
+    with lambda_account(monkeypatch, "inference"):
         registry = DynamoRegistry(NAMES.tables["registry"], AWS)
         store = S3ArtifactStore(NAMES.buckets["artifacts"], AWS)
         for v in (sm.embedding_version(), sm.tabular_version(), sm.classifier_version("acme")):

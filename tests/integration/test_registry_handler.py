@@ -1,5 +1,5 @@
 """functions/registry/handler.py in-process on moto, fed events/registry-*.json, configured through the
-environment exactly as Lambda would be (tenantml.local.provision.function_env)."""
+environment exactly as Lambda would be (tenantml.local.provision.local_environment)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tenantml.registry.s3 import S3ArtifactStore
 
 @pytest.fixture
 def fn(monkeypatch, load_handler):
-    with lambda_account(monkeypatch):
+    with lambda_account(monkeypatch, "registry"):
         yield load_handler("registry")        # a fresh module: a cold start
 
 

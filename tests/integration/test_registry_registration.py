@@ -20,7 +20,7 @@ EMB = {"model.onnx": b"\x08\x07an embedding model", "tokenizer.json": b'{"model"
 
 @pytest.fixture
 def env(monkeypatch):
-    with lambda_account(monkeypatch):
+    with lambda_account(monkeypatch, "registry"):
         yield
 
 

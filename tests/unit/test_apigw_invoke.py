@@ -74,8 +74,11 @@ def test_invoke_bad_arguments_exit_2(project, capfd, argv):
 
 
 def _state(project: Path) -> None:
-    state = {"pid": 1, "env": {"TENANTML_FROM_STATE": "local-platform", "TENANTML_GREETING": "from-state",
-                               "TENANTML_ENDPOINT_URL": "http://127.0.0.1:59999"}}
+    state = {"pid": 1, "moto": {"endpoint_url": "http://127.0.0.1:59999"},
+             "process_env": {"AWS_REGION": "us-east-1"},
+             "functions": {"hello": {"env": {"TENANTML_FROM_STATE": "local-platform",
+                                             "TENANTML_GREETING": "from-state"}},
+                           "other": {"env": {"TENANTML_OTHER": "not for hello"}}}}
     (project / ".tenantml").mkdir()
     (project / ".tenantml" / "local.json").write_text(json.dumps(state))
 

@@ -16,16 +16,32 @@ from tenantml.settings import AuthSettings, AwsSettings, RegistrySettings
 def test_function_environment_points_everything_at_the_emulator(tmp_path):
     names = resources.LocalNames.make()
     aws = AwsSettings(region="us-east-1", endpoint_url="http://127.0.0.1:5005")
-    env = plat.function_environment(names, aws, ensure_dev_keys(tmp_path / "keys"))
-    assert env["AWS_ACCESS_KEY_ID"] == "testing" and env["AWS_SECRET_ACCESS_KEY"] == "testing"
-    assert AwsSettings.from_env(env).endpoint_url == "http://127.0.0.1:5005"
-    reg = RegistrySettings.from_env(env)
+    envs = plat.function_environment(names, aws, ensure_dev_keys(tmp_path / "keys"))
+    process = plat.process_environment(aws)
+    assert process["AWS_ACCESS_KEY_ID"] == "testing" and process["AWS_SECRET_ACCESS_KEY"] == "testing"
+    assert not any(k.startswith("TENANTML_") for k in process)   # every TENANTML_* is per function
+    assert AwsSettings.from_env(envs["registry"]).endpoint_url == "http://127.0.0.1:5005"
+    reg = RegistrySettings.from_env(envs["registry"])
     assert reg.registry_table == "tenantml-local-registry"
     assert reg.artifact_bucket == "tenantml-local-artifacts"
-    auth = AuthSettings.from_env(env)
+    auth = AuthSettings.from_env(envs["authorizer"])
     assert auth.issuer == "https://tenantml.local/dev" and auth.audience == "tenantml"
-    assert json.loads(auth.jwks_json or "")["keys"] and "TENANTML_JWKS_URL" not in env
+    assert json.loads(auth.jwks_json or "")["keys"] and "TENANTML_JWKS_URL" not in envs["authorizer"]
     assert "TENANTML_JWKS_URL" in plat.REMOVED_VARIABLES and "AWS_PROFILE" in plat.REMOVED_VARIABLES
+
+
+def test_each_function_gets_only_what_its_settings_read(tmp_path):
+    names = resources.LocalNames.make()
+    aws = AwsSettings(region="us-east-1", endpoint_url="http://127.0.0.1:5005")
+    envs = plat.function_environment(names, aws, ensure_dev_keys(tmp_path / "keys"))
+    assert set(envs) == {fn.name for fn in resources.FUNCTIONS}
+    for fn in resources.FUNCTIONS:
+        tenantml_vars = {k for k in envs[fn.name] if k.startswith("TENANTML_")}
+        assert tenantml_vars <= set(fn.variables), fn.name
+        assert {k for k, required in fn.variables.items() if required} <= tenantml_vars, fn.name
+    assert "TENANTML_REGISTRY_TABLE" not in envs["authorizer"]          # no data access, no data names
+    assert "TENANTML_JWKS_JSON" not in envs["inference"]
+    assert envs["publisher"]["TENANTML_EVENT_BUS_NAME"] == names.event_bus
 
 
 def test_backbone_is_registered_before_the_head_that_sits_on_it():

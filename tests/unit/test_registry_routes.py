@@ -23,7 +23,7 @@ def svc() -> RegistrationService:
 
 @pytest.fixture
 def call(svc, lambda_context):
-    app = create_app(lambda: svc)
+    app = create_app(svc)
 
     def invoke(event: dict) -> tuple[int, dict, dict]:
         resp = app.resolve(event, lambda_context)

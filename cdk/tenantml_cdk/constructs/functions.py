@@ -16,10 +16,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
-from pydantic import BaseModel
 
-from tenantml import observability, resources
-from tenantml.settings import PREFIX
+from tenantml import resources
 from tenantml_cdk.config import RETENTION_DAYS, AppConfig
 from tenantml_cdk.constructs.layers import ARCHITECTURES, PYTHON_RUNTIME
 from tenantml_cdk.nag import acknowledge
@@ -27,13 +25,6 @@ from tenantml_cdk.nag import acknowledge
 HANDLER = "handler.handler"
 LIVE_ALIAS = "live"
 CODE_EXCLUDES = ["**/__pycache__", "**/*.pyc"]
-
-
-def env_name(settings: type[BaseModel], field: str) -> str:
-    """The environment variable that `settings.from_env()` reads `field` from (TENANTML_<FIELD>)."""
-    if field not in settings.model_fields:
-        raise KeyError(f"{settings.__name__} has no field {field!r}")
-    return PREFIX + field.upper()
 
 
 def function_id(definition: resources.FunctionDef) -> str:
@@ -60,33 +51,23 @@ class PlatformFunction:
 
 
 class FunctionFactory(Construct):
-    """`settings` maps every TENANTML_* variable the stack can provide to its value; each function
-    receives exactly the variables its definition lists (a missing one fails synth)."""
+    """`values` maps every TENANTML_* variable the stack can provide to its value; each function receives
+    exactly the variables its settings read (`resources.function_environment`, the function local mode
+    uses too): a required one that is missing fails synth."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig,
                  layers: Sequence[lambda_.ILayerVersion], code_root: Path,
-                 settings: Mapping[str, str]) -> None:
+                 values: Mapping[str, str]) -> None:
         super().__init__(scope, construct_id)
         self._config = config
         self._layers = list(layers)
         self._code_root = code_root
-        self._settings = dict(settings)
+        self._values = dict(values)
 
-    def environment(self, definition: resources.FunctionDef,
-                    extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        missing = [key for key in definition.env if key not in self._settings]
-        if missing:
-            raise KeyError(f"function {definition.name} needs {missing}, which the stack does not provide")
-        env = {key: self._settings[key] for key in definition.env}
-        env.update(extra or {})
-        env["POWERTOOLS_SERVICE_NAME"] = observability.SERVICE
-        env["POWERTOOLS_METRICS_NAMESPACE"] = observability.NAMESPACE
-        # Lambda's Active tracing records every invocation; SDK subsegments are opt-in (cold start cost).
-        env["TENANTML_TRACING"] = "true" if self._config.sdk_tracing else "false"
-        return env
+    def environment(self, definition: resources.FunctionDef) -> dict[str, str]:
+        return resources.function_environment(definition, self._values)
 
-    def create(self, definition: resources.FunctionDef, *, extra_environment: Mapping[str, str] | None = None,
-               snapstart: bool = False) -> PlatformFunction:
+    def create(self, definition: resources.FunctionDef, *, snapstart: bool = False) -> PlatformFunction:
         name = function_id(definition)
         sizing = self._config.sizing(definition.name)
         log_group = logs.LogGroup(self, f"{name}Logs", retention=retention(self._config.log_retention_days),
@@ -107,13 +88,14 @@ class FunctionFactory(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
             role=role,
-            environment=self.environment(definition, extra_environment),
+            environment=self.environment(definition),
             snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if snapstart else None,
         )
         function.node.default_child.override_logical_id(name)  # type: ignore[union-attr]
         acknowledge(role, "AwsSolutions-IAM5[Resource::*]",
-                    "Active X-Ray tracing needs xray:PutTraceSegments and xray:PutTelemetryRecords, which "
-                    "support no resource-level permissions (the only Resource::* the role holds; "
+                    "Active X-Ray tracing needs xray:PutTraceSegments and xray:PutTelemetryRecords, and "
+                    "a DynamoDB stream event source needs dynamodb:ListStreams; none supports "
+                    "resource-level permissions (the only Resource::* the role holds; "
                     "tests/infrastructure asserts that).")
         acknowledge(function, "AwsSolutions-L1",
                     f"{PYTHON_RUNTIME.name} is pinned on purpose: the runtime layer's wheels are built for "

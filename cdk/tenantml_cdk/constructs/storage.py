@@ -89,6 +89,7 @@ class PlatformTables(Construct):
                 point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                     point_in_time_recovery_enabled=definition.point_in_time_recovery),
                 time_to_live_attribute=definition.ttl_attribute,
+                stream=dynamodb.StreamViewType[definition.stream] if definition.stream else None,
                 deletion_protection=True,
                 removal_policy=RemovalPolicy.RETAIN,
             )

@@ -185,7 +185,8 @@ def bench_command(args: argparse.Namespace) -> int:
                               say=lambda line: print(line, file=sys.stderr))
     patch = None
     try:
-        overrides = {**platform.env, "TENANTML_PREDICTION_CACHE_SIZE": "0",
+        overrides = {**platform.state()["process_env"], **platform.env["inference"],
+                     "TENANTML_PREDICTION_CACHE_SIZE": "0",
                      "TENANTML_PRELOAD_MODELS": f"_shared/{MODEL}"}
         env = environment(overrides)
         # Cold init, several fresh processes; median.

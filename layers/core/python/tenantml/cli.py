@@ -71,10 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not build models (use what --models-dir has)")
     loc.set_defaults(func=_lazy("tenantml.local.platform:local_command"))
 
+    # events ------------------------------------------------------------------------------------
+    ev = sub.add_parser("events", help="the event side: declared triggers, published events, schedules")
+    evsub = ev.add_subparsers(dest="events_verb", required=True, metavar="VERB")
+    el = evsub.add_parser("list", help="list every declared trigger and the events the platform publishes")
+    el.set_defaults(func=_lazy("tenantml.local.events:list_command"))
+    ef = evsub.add_parser("fire", help="fire a declared schedule once against the running `make local`")
+    ef.add_argument("schedule", help="schedule id (see `tenantml events list`)")
+    ef.add_argument("--time", default=None,
+                    help="the scheduled time, ISO 8601 (default: this minute); the same time twice is a "
+                         "duplicate delivery, which idempotent consumers run once")
+    ef.set_defaults(func=_lazy("tenantml.local.events:fire_command"))
+
     # invoke ------------------------------------------------------------------------------------
     inv = sub.add_parser("invoke",
                          help="run one function handler with an event file (sam local invoke, no Docker)")
-    inv.add_argument("function", help="authorizer, inference or registry")
+    inv.add_argument("function", help="authorizer, inference, registry or publisher")
     inv.add_argument("event", help="event JSON file, e.g. events/inference-infer.json")
     inv.add_argument("--env", action="append", default=None, metavar="KEY=VALUE",
                      help="extra environment for the function (repeatable)")

@@ -82,6 +82,14 @@ class ModelUnavailable(TenantMLError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class ServiceUnavailable(TenantMLError):
+    """A platform dependency (event bus, queue) refused the work after its retries; the work is retried
+    by its trigger, never dropped."""
+
+    status = 503
+    default_message = "service unavailable"
+
+
 class DeadlineExceeded(TenantMLError):
     status = 504
     default_message = "deadline exceeded"

@@ -1,13 +1,29 @@
 """One definition of the platform's resources, used by the CDK app AND by local mode.
 
-Table keys, bucket settings, function names, routes and the environment each function receives are
-declared here once, so the stack and the local emulator cannot drift apart. Pure data: no boto3, no CDK.
+Table keys, bucket settings, queues, functions with their triggers (routes, SQS, schedules, rules,
+streams), the events the platform publishes and the environment each function receives are declared here
+once, so the stack and local mode cannot drift apart. Pure data: no boto3, no CDK.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel
+
+from tenantml import events
+from tenantml.settings import (
+    AuthSettings,
+    AwsSettings,
+    ObservabilitySettings,
+    PublisherSettings,
+    RegistrySettings,
+    ServingSettings,
+)
 
 AttrType = Literal["S", "N", "B"]
 
@@ -25,6 +41,7 @@ class TableDef:
     sort_key: KeyAttr | None = None
     ttl_attribute: str | None = None
     point_in_time_recovery: bool = True
+    stream: Literal["NEW_IMAGE"] | None = None   # a DynamoDB stream (the registry's outbox)
     purpose: str = ""
 
     def local_name(self, prefix: str) -> str:
@@ -49,7 +66,8 @@ REGISTRY_TABLE = TableDef(
     id="registry",
     partition_key=KeyAttr("pk"),
     sort_key=KeyAttr("sk"),
-    purpose="model registry and audit log",
+    stream="NEW_IMAGE",
+    purpose="model registry and audit log (its stream feeds the event bus)",
 )
 
 # Powertools idempotency records (Idempotency-Key on async submits, rollout transitions).
@@ -74,28 +92,234 @@ def artifact_prefix(tenant: str, model: str, version: str) -> str:
     return f"{ARTIFACT_PREFIX}/{tenant}/{model}/{version}/"
 
 
-# Functions and the settings each one receives (env var -> what it holds). The CDK app fills the values
-# from resources; local mode from its own names.
-FunctionName = Literal["authorizer", "inference", "registry"]
+# --- triggers -------------------------------------------------------------------------------------
+# Every way a function is invoked, declared once as data: the CDK app (tenantml_cdk.constructs.triggers)
+# and local mode (tenantml.local.events) are both driven by these declarations.
+
+VISIBILITY_FACTOR = 6          # SQS visibility timeout >= 6 x the consumer's timeout (AWS's guidance)
+MIN_RECEIVE_COUNT = 5          # a message is tried at least this often before it goes to its DLQ
+ASYNC_RETRY_ATTEMPTS = 2       # Lambda's retries of a failed asynchronous (rule, schedule) invocation
+
+
+@dataclass(frozen=True)
+class QueueDef:
+    """An SQS queue a function consumes, with its dead-letter queue."""
+
+    id: str
+    purpose: str
+    max_receive_count: int = MIN_RECEIVE_COUNT
+
+    def __post_init__(self) -> None:
+        if self.max_receive_count < MIN_RECEIVE_COUNT:
+            raise ValueError(f"queue {self.id}: max_receive_count must be >= {MIN_RECEIVE_COUNT}")
+
+    def local_name(self, prefix: str) -> str:
+        return f"{prefix}-{self.id}"
+
+    def dlq_local_name(self, prefix: str) -> str:
+        return f"{prefix}-{self.id}-dlq"
+
+
+@dataclass(frozen=True)
+class SqsTrigger:
+    """Lambda's SQS event source mapping. ReportBatchItemFailures is always on: a failed message is
+    retried on its own, never with the good messages of its batch."""
+
+    queue: str                       # QueueDef.id
+    batch_size: int = 10
+    batching_window_s: int = 0
+    kind: ClassVar[str] = "sqs"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 10_000 or not 0 <= self.batching_window_s <= 300:
+            raise ValueError(f"sqs trigger on {self.queue}: batch size 1..10000, window 0..300 s")
+        if self.batch_size > 10 and self.batching_window_s < 1:
+            raise ValueError(f"sqs trigger on {self.queue}: a batch over 10 needs a batching window")
+
+
+_RATE_RE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_RATE_UNITS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+@dataclass(frozen=True)
+class ScheduleTrigger:
+    """An EventBridge Scheduler schedule (the successor of scheduled rules). The function receives the
+    envelope Scheduler is told to send (`schedule_event`): detail-type "Scheduled Event", source
+    aws.scheduler, `time` the scheduled time, `resources` the schedule ARN and `detail` the string "{}"."""
+
+    id: str
+    expression: str                  # rate(N minutes|hours|days)
+    description: str = ""
+    kind: ClassVar[str] = "schedule"
+
+    def __post_init__(self) -> None:
+        match = _RATE_RE.match(self.expression)
+        if not match or int(match.group(1)) < 1 or \
+                (int(match.group(1)) == 1) != (not match.group(2).endswith("s")):
+            raise ValueError(f"schedule {self.id}: expression must be rate(N unit[s]), "
+                             f"got {self.expression!r}")
+
+    @property
+    def period_s(self) -> int:
+        match = _RATE_RE.match(self.expression)
+        assert match is not None
+        return int(match.group(1)) * _RATE_UNITS[match.group(2).rstrip("s")]
+
+
+@dataclass(frozen=True)
+class RuleTrigger:
+    """An EventBridge rule: an event pattern on the platform bus (the platform's own events) or on the
+    default bus (AWS service events such as "CloudWatch Alarm State Change"). Failed invocations are
+    retried ASYNC_RETRY_ATTEMPTS times, then land in the function's failure queue."""
+
+    id: str
+    pattern: Mapping[str, Any]
+    bus: Literal["platform", "default"] = "platform"
+    kind: ClassVar[str] = "rule"
+
+    def __post_init__(self) -> None:
+        if not self.pattern or not set(self.pattern) & {"source", "detail-type"}:
+            raise ValueError(f"rule {self.id}: the pattern must name a source or a detail-type")
+
+    def pattern_json(self) -> str:
+        return json.dumps(self.pattern, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class StreamTrigger:
+    """A DynamoDB stream event source mapping (from the oldest record, batch item failures, bisect on
+    error, failed batches to the function's failure queue after the records expire: see STREAM_*). The
+    filter uses Lambda's filter-criteria syntax (EventBridge patterns over the stream record)."""
+
+    table: str                       # TableDef.id (the table must declare a stream)
+    filter: Mapping[str, Any]
+    batch_size: int = 25
+    kind: ClassVar[str] = "stream"
+
+
+Trigger = SqsTrigger | ScheduleTrigger | RuleTrigger | StreamTrigger
+ASYNC_KINDS = frozenset({"schedule", "rule", "stream"})   # these get a failure queue
+
+
+# --- functions ----------------------------------------------------------------------------------------
+# Each function's environment is derived from the settings models it parses (`settings`): every
+# variable they read is declared, the required ones must be given. `function_environment` computes it,
+# for the CDK app and for local mode alike.
+
+FunctionName = Literal["authorizer", "inference", "registry", "publisher"]
+API_TIMEOUT_S = 29      # API Gateway's integration timeout: an HTTP function never needs longer
 
 
 @dataclass(frozen=True)
 class FunctionDef:
     name: FunctionName
     purpose: str
+    settings: tuple[type[BaseModel], ...] = ()
     memory_mb: int = 1024
-    timeout_s: int = 29
-    env: tuple[str, ...] = ()   # TENANTML_* variables the function needs (see tenantml.settings)
+    timeout_s: int = 60
+    triggers: tuple[Trigger, ...] = ()
 
+    @property
+    def variables(self) -> dict[str, bool]:
+        """Every variable the function's settings read -> required."""
+        out: dict[str, bool] = {}
+        for model in self.settings:
+            for key, required in model.variables().items():  # type: ignore[attr-defined]
+                out[key] = out.get(key, False) or required
+        return out
+
+    def triggers_of(self, kind: str) -> tuple[Any, ...]:
+        return tuple(t for t in self.triggers if t.kind == kind)
+
+    @property
+    def failure_queue(self) -> str | None:
+        """Id of the queue that receives this function's failed asynchronous work, if it has any."""
+        return f"{self.name}-failures" if any(t.kind in ASYNC_KINDS for t in self.triggers) else None
+
+
+# Audit records are the registry's outbox: each committed change writes one in the same transaction.
+AUDIT_RECORDS = {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"kind": {"S": ["audit"]}}}}
 
 FUNCTIONS: tuple[FunctionDef, ...] = (
-    FunctionDef("authorizer", "verify JWTs and bind the request to a tenant", memory_mb=256, timeout_s=5,
-                env=("TENANTML_JWKS_URL", "TENANTML_ISSUER", "TENANTML_AUDIENCE", "TENANTML_TENANT_CLAIM")),
-    FunctionDef("inference", "Open Inference Protocol v2 over REST, CPU ONNX models", memory_mb=2048,
-                env=("TENANTML_ARTIFACT_BUCKET", "TENANTML_REGISTRY_TABLE")),
-    FunctionDef("registry", "register versions, aliases, audit log (admin scope)", memory_mb=512,
-                env=("TENANTML_ARTIFACT_BUCKET", "TENANTML_REGISTRY_TABLE")),
+    FunctionDef("authorizer", "verify JWTs and bind the request to a tenant", (AuthSettings,),
+                memory_mb=256, timeout_s=5),
+    FunctionDef("inference", "Open Inference Protocol v2 over REST, CPU ONNX models",
+                (ServingSettings, AwsSettings, ObservabilitySettings), memory_mb=2048,
+                timeout_s=API_TIMEOUT_S),
+    FunctionDef("registry", "register versions, aliases, audit log (admin scope)",
+                (RegistrySettings, AwsSettings), memory_mb=512, timeout_s=API_TIMEOUT_S),
+    FunctionDef("publisher", "publish each committed registry change (audit record) on the event bus",
+                (PublisherSettings, AwsSettings), memory_mb=256, timeout_s=60,
+                triggers=(StreamTrigger(table="registry", filter=AUDIT_RECORDS),)),
 )
+
+QUEUES: tuple[QueueDef, ...] = ()   # queues consumed by SqsTriggers (the drift and GPU jobs add theirs)
+
+# Deployment differences, the only ones: on AWS the authorizer fetches the JWKS from a URL and Lambda
+# sets AWS_REGION; locally the JWKS is inline (the dev keys) and every SDK call goes to the emulator.
+AWS_ONLY_VARIABLES = frozenset({"TENANTML_JWKS_URL"})
+LOCAL_ONLY_VARIABLES = frozenset({"TENANTML_JWKS_JSON", "TENANTML_ENDPOINT_URL", "TENANTML_REGION"})
+POWERTOOLS_SERVICE = "tenantml"
+
+
+class EnvironmentContractError(ValueError):
+    """A function's environment cannot be built: a required variable is missing or a value is invalid."""
+
+
+def function_environment(fn: FunctionDef, values: Mapping[str, str]) -> dict[str, str]:
+    """The variables `fn` receives, from `values` (every TENANTML_* value a deployment provides): exactly
+    those its settings read, the required ones present, and each settings model parses them. Also the
+    Powertools service/namespace, the same for every function."""
+    declared = fn.variables
+    env = {k: str(v) for k, v in values.items() if k in declared}
+    missing = sorted(k for k, required in declared.items() if required and not env.get(k))
+    if missing:
+        raise EnvironmentContractError(f"function {fn.name} needs {', '.join(missing)}, "
+                                       "which is not provided")
+    for model in fn.settings:
+        try:
+            model.from_env(env)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise EnvironmentContractError(f"function {fn.name}: {model.__name__}: {exc}") from None
+    env["POWERTOOLS_SERVICE_NAME"] = POWERTOOLS_SERVICE
+    env["POWERTOOLS_METRICS_NAMESPACE"] = POWERTOOLS_SERVICE
+    return env
+
+
+def function(name: str) -> FunctionDef:
+    for fn in FUNCTIONS:
+        if fn.name == name:
+            return fn
+    raise KeyError(f"no function {name!r}")
+
+
+def failure_queues(functions: Sequence[FunctionDef] = FUNCTIONS) -> tuple[QueueDef, ...]:
+    """The failure queue of every function with asynchronous triggers (rule, schedule, stream)."""
+    return tuple(QueueDef(fn.failure_queue, f"failed asynchronous work of {fn.name}")
+                 for fn in functions if fn.failure_queue)
+
+
+def validate(functions: Sequence[FunctionDef] = FUNCTIONS, queues: Sequence[QueueDef] = QUEUES,
+             tables: Sequence[TableDef] | None = None) -> None:
+    """Cross-checks of the declarations (run at import and by the CDK app for test declarations)."""
+    tables = TABLES if tables is None else tables
+    queue_ids = {q.id for q in queues}
+    consumers: dict[str, str] = {}
+    for fn in functions:
+        routes = [r for r in ROUTES if r.function == fn.name]
+        if routes and fn.timeout_s > API_TIMEOUT_S:
+            raise ValueError(f"{fn.name} serves HTTP routes: timeout must be <= {API_TIMEOUT_S} s")
+        for t in fn.triggers_of("sqs"):
+            if t.queue not in queue_ids:
+                raise ValueError(f"{fn.name}: sqs trigger on undeclared queue {t.queue}")
+            if t.queue in consumers:
+                raise ValueError(f"queue {t.queue} has two consumers: {consumers[t.queue]}, {fn.name}")
+            consumers[t.queue] = fn.name
+        for t in fn.triggers_of("stream"):
+            table = next((d for d in tables if d.id == t.table), None)
+            if table is None or table.stream is None:
+                raise ValueError(f"{fn.name}: stream trigger on {t.table}, which declares no stream")
+
 
 # HTTP routes (API Gateway REST API). `auth=False` routes skip the authorizer.
 # `scope` is enforced by the function itself (the authorizer's policy covers the whole stage).
@@ -135,7 +359,26 @@ DEFAULT_STAGE = "v1"
 
 # The platform's EventBridge bus (rollout and drift events, source "tenantml"); created by the stateful stack.
 EVENT_BUS_NAME = "tenantml"
-EVENT_SOURCE = "tenantml"
+EVENT_SOURCE = events.SOURCE
+
+
+@dataclass(frozen=True)
+class EventDef:
+    """An event the platform publishes (source `tenantml`, on the platform bus)."""
+
+    detail_type: str
+    detail: type[events.EventDetail]
+    publisher: FunctionName
+    purpose: str
+
+
+EVENTS: tuple[EventDef, ...] = (
+    EventDef("ModelVersionRegistered", events.ModelVersionRegistered, "publisher",
+             "a model version was registered"),
+    EventDef("AliasChanged", events.AliasChanged, "publisher", "an alias was pointed at another version"),
+)
+
+validate()
 
 
 @dataclass(frozen=True)
@@ -145,9 +388,20 @@ class LocalNames:
     prefix: str = LOCAL_PREFIX
     tables: dict[str, str] = field(default_factory=dict)
     buckets: dict[str, str] = field(default_factory=dict)
+    event_bus: str = EVENT_BUS_NAME
 
     @classmethod
     def make(cls, prefix: str = LOCAL_PREFIX) -> LocalNames:
         return cls(prefix=prefix,
                    tables={t.id: t.local_name(prefix) for t in TABLES},
-                   buckets={b.id: b.local_name(prefix) for b in BUCKETS})
+                   buckets={b.id: b.local_name(prefix) for b in BUCKETS},
+                   event_bus=f"{prefix}-{EVENT_BUS_NAME}")
+
+    def platform_values(self) -> dict[str, str]:
+        """The TENANTML_* values of these resources (what a deployment provides to its functions)."""
+        return {
+            "TENANTML_ARTIFACT_BUCKET": self.buckets[ARTIFACT_BUCKET.id],
+            "TENANTML_REGISTRY_TABLE": self.tables[REGISTRY_TABLE.id],
+            "TENANTML_EVENT_BUS_NAME": self.event_bus,
+            "TENANTML_IDEMPOTENCY_TABLE": self.tables[IDEMPOTENCY_TABLE.id],
+        }

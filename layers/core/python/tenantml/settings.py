@@ -2,14 +2,23 @@
 
 Each function parses what it needs once, at the edge, through a cached getter; the domain receives the
 resulting pydantic model. Tests call `reset_settings()` after changing the environment.
-Every variable is prefixed `TENANTML_` (e.g. TENANTML_REGISTRY_TABLE).
+Every variable is prefixed `TENANTML_` (e.g. TENANTML_REGISTRY_TABLE); which variables a function gets is
+derived from the settings models its definition lists (`tenantml.resources.FunctionDef.settings`).
+
+Where the variables come from: on Lambda, the process environment. In local mode several functions share
+one process, so each runs with its own mapping (`function_environ`, a context variable set for the
+function's init and for each of its invocations): a function sees exactly its declared variables, and one
+that parses a setting it was not given fails locally just as it would on AWS. The cached getters are keyed
+by the variables they read, so two functions never share a parsed value by accident.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,26 +27,69 @@ PREFIX = "TENANTML_"
 T = TypeVar("T", bound=BaseModel)
 
 
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("tenantml_environ", default=None)
+
+
+def current_environ() -> Mapping[str, str]:
+    """The variables of the function running now: its own mapping in local mode, else os.environ."""
+    env = _ENVIRON.get()
+    return os.environ if env is None else env
+
+
+@contextlib.contextmanager
+def function_environ(env: Mapping[str, str]) -> Iterator[None]:
+    """Run the block (and what it calls, in this thread) with `env` as the function's variables."""
+    token = _ENVIRON.set(dict(env))
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
+
+def use_function_environ(env: Mapping[str, str]) -> None:
+    """For a thread that runs one function invocation: its variables for the rest of the thread."""
+    _ENVIRON.set(dict(env))
+
+
+def variable(field: str) -> str:
+    """The environment variable a settings field is read from."""
+    return PREFIX + field.upper()
+
+
 class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     @classmethod
+    def variables(cls) -> dict[str, bool]:
+        """Every variable this model reads -> whether it is required (no default)."""
+        return {variable(name): f.is_required() for name, f in cls.model_fields.items()}
+
+    @classmethod
     def from_env(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
-        env = os.environ if environ is None else environ
+        env = current_environ() if environ is None else environ
         values: dict[str, Any] = {}
         for name in cls.model_fields:
-            key = PREFIX + name.upper()
+            key = variable(name)
             if key in env and env[key] != "":
                 values[name] = env[key]
         return cls.model_validate(values)
 
 
 class AwsSettings(_Settings):
-    """Where the AWS SDK points. `endpoint_url` is set only in local mode (moto server)."""
+    """Where the AWS SDK points. `region` falls back to Lambda's AWS_REGION; `endpoint_url` is set only in
+    local mode (moto server)."""
 
-    region: str = Field(default_factory=lambda: os.environ.get("AWS_REGION")
-                        or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    region: str = "us-east-1"
     endpoint_url: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
+        env = current_environ() if environ is None else environ
+        region = env.get(variable("region")) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") \
+            or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return cls.model_validate({**({"region": region} if region else {}),
+                                   **({"endpoint_url": env[variable("endpoint_url")]}
+                                      if env.get(variable("endpoint_url")) else {})})
 
 
 class AuthSettings(_Settings):
@@ -87,35 +139,67 @@ class ObservabilitySettings(_Settings):
     tracing: bool = False
 
 
-@functools.cache
+class IdempotencySettings(_Settings):
+    """Powertools idempotency records (scheduled jobs, async submits)."""
+
+    idempotency_table: str
+
+
+class PublisherSettings(_Settings):
+    """The outbox publisher: the platform's EventBridge bus."""
+
+    event_bus_name: str
+
+
+_cache: dict[tuple[type, tuple[tuple[str, str], ...]], Any] = {}
+_cache_lock = threading.Lock()
+_REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def get_settings(cls: type[T]) -> T:
+    """`cls` parsed from the current function's variables, once per distinct set of values."""
+    env = current_environ()
+    key = (cls, tuple(sorted((k, v) for k, v in env.items()
+                             if k.startswith(PREFIX) or k in _REGION_VARIABLES)))
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    parsed = cls.from_env()  # type: ignore[attr-defined]
+    with _cache_lock:
+        return _cache.setdefault(key, parsed)
+
+
 def get_observability_settings() -> ObservabilitySettings:
-    return ObservabilitySettings.from_env()
+    return get_settings(ObservabilitySettings)
 
 
-@functools.cache
 def get_aws_settings() -> AwsSettings:
-    return AwsSettings.from_env()
+    return get_settings(AwsSettings)
 
 
-@functools.cache
 def get_auth_settings() -> AuthSettings:
-    return AuthSettings.from_env()
+    return get_settings(AuthSettings)
 
 
-@functools.cache
 def get_registry_settings() -> RegistrySettings:
-    return RegistrySettings.from_env()
+    return get_settings(RegistrySettings)
 
 
-@functools.cache
 def get_serving_settings() -> ServingSettings:
-    return ServingSettings.from_env()
+    return get_settings(ServingSettings)
+
+
+def get_idempotency_settings() -> IdempotencySettings:
+    return get_settings(IdempotencySettings)
+
+
+def get_publisher_settings() -> PublisherSettings:
+    return get_settings(PublisherSettings)
 
 
 def reset_settings() -> None:
-    for getter in (get_observability_settings, get_aws_settings, get_auth_settings, get_registry_settings,
-                   get_serving_settings):
-        getter.cache_clear()
+    with _cache_lock:
+        _cache.clear()
 
 
 def environment(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -128,13 +212,17 @@ class EnvPatch:
     settings caches are reset both ways. Local mode and the benchmark use it to give in-process functions
     the environment Lambda would (they read it through this module, exactly as on Lambda)."""
 
-    def __init__(self, values: Mapping[str, str], remove: Iterable[str] = ()) -> None:
+    def __init__(self, values: Mapping[str, str], remove: Iterable[str] = (),
+                 remove_prefix: str | None = None) -> None:
         self.values = dict(values)
         self.remove = tuple(remove)
+        self.remove_prefix = remove_prefix    # also remove every variable starting with this
         self._saved: dict[str, str | None] | None = None
 
     def apply(self) -> EnvPatch:
         if self._saved is None:
+            if self.remove_prefix:
+                self.remove += tuple(k for k in os.environ if k.startswith(self.remove_prefix))
             self._saved = {k: os.environ.get(k) for k in (*self.values, *self.remove)}
             for k in self.remove:
                 os.environ.pop(k, None)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
@@ -92,8 +91,8 @@ def _audit_json(r: AuditRecord) -> dict[str, Any]:
             "version": r.version, "details": r.details}
 
 
-def create_app(service: Callable[[], RegistrationService]) -> APIGatewayRestResolver:
-    """The resolver; `service` is called on first use (settings and clients are made lazily, once)."""
+def create_app(service: RegistrationService) -> APIGatewayRestResolver:
+    """The resolver over one RegistrationService (built once per execution environment, at init)."""
     app = APIGatewayRestResolver()
     register_error_handlers(app)
 
@@ -124,12 +123,12 @@ def create_app(service: Callable[[], RegistrationService]) -> APIGatewayRestReso
     @app.get("/admin/models")
     def list_models() -> dict[str, Any]:
         who = caller()
-        return {"models": [_model_json(s) for s in service().registry.list_models(who.tenant)]}
+        return {"models": [_model_json(s) for s in service.registry.list_models(who.tenant)]}
 
     @app.get("/admin/models/<model>/versions")
     def list_versions(model: str) -> dict[str, Any]:
         who = caller()
-        records = service().registry.list_versions(who.tenant, model)
+        records = service.registry.list_versions(who.tenant, model)
         return {"model": model, "owner": "shared" if records and records[0].owner != who.tenant else "own",
                 "versions": [_version_json(r, who) for r in records]}
 
@@ -138,7 +137,7 @@ def create_app(service: Callable[[], RegistrationService]) -> APIGatewayRestReso
         who = caller()
         owner = write_owner(who)
         body: RegisterVersionBody = _parse(RegisterVersionBody, app.current_event.decoded_body)
-        registered = service().register(owner=owner, model=model, manifest=body.manifest, actor=who.sub,
+        registered = service.register(owner=owner, model=model, manifest=body.manifest, actor=who.sub,
                                         version=body.version, files=_decode_files(body.files),
                                         aliases=body.aliases)
         out = {"model": registered.model, "version": registered.version, "aliases": body.aliases}
@@ -152,7 +151,7 @@ def create_app(service: Callable[[], RegistrationService]) -> APIGatewayRestReso
         if not ALIAS_RE.match(alias):
             raise BadRequest(f"alias must match {ALIAS_RE.pattern}")
         body: SetAliasBody = _parse(SetAliasBody, app.current_event.decoded_body)
-        change = service().set_alias(owner=owner, model=model, alias=alias, version=body.version,
+        change = service.set_alias(owner=owner, model=model, alias=alias, version=body.version,
                                      actor=who.sub)
         return {"model": change.model, "alias": change.alias, "version": change.version,
                 "previous": change.previous}
@@ -163,7 +162,7 @@ def create_app(service: Callable[[], RegistrationService]) -> APIGatewayRestReso
         raw_limit = app.current_event.get_query_string_value("limit", "50")
         if not raw_limit.isdigit():
             raise BadRequest(f"limit must be an integer between 1 and {MAX_AUDIT_PAGE}")
-        page = service().registry.list_audit(who.tenant, int(raw_limit),
+        page = service.registry.list_audit(who.tenant, int(raw_limit),
                                              app.current_event.get_query_string_value("next_token"))
         return {"records": [_audit_json(r) for r in page.records], "next_token": page.next_token}
 

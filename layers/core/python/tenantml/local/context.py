@@ -21,6 +21,7 @@ from typing import Any
 
 import tenantml
 from tenantml.resources import LOCAL_PREFIX, FunctionDef
+from tenantml.settings import function_environ, use_function_environ
 
 ACCOUNT_ID = "123456789012"
 INIT_TIMEOUT_S = 60.0  # a local cold start may build caches; Lambda allows 10 s (then retries the init)
@@ -111,13 +112,18 @@ class LocalFunction:
     `invoke` passes the event and the result through JSON, as Lambda does, and enforces the timeout: a
     handler that overruns raises FunctionTimeout and its environment is discarded, so the next call is a
     cold start (the overrunning thread is a daemon and is left to finish on its own).
+
+    `env`: the function's own variables (tenantml.settings.function_environ): its init and every
+    invocation see exactly these, not those of the other functions sharing the process. None: the
+    process environment (`tenantml invoke`, which runs one function per process).
     """
 
     def __init__(self, fn: FunctionDef, path: Path, *, prefix: str = LOCAL_PREFIX,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, env: dict[str, str] | None = None) -> None:
         self.fn = fn
         self.path = path
         self.prefix = prefix
+        self.env = None if env is None else dict(env)
         self.timeout_s = float(fn.timeout_s if timeout_s is None else timeout_s)
         self.invocations = 0
         self.cold_starts = 0
@@ -133,11 +139,17 @@ class LocalFunction:
         """Import the handler module if this environment has not yet (idempotent)."""
         with self._load_lock:
             if self._module is None:
-                self._module = load_module(self.path, f"tenantml_local_fn_{self.fn.name}")
+                if self.env is None:
+                    self._module = load_module(self.path, f"tenantml_local_fn_{self.fn.name}")
+                else:
+                    with function_environ(self.env):
+                        self._module = load_module(self.path, f"tenantml_local_fn_{self.fn.name}")
                 self.cold_starts += 1
             return self._module
 
     def _run(self, payload: str, out: dict[str, Any], initialised: threading.Event) -> None:
+        if self.env is not None:
+            use_function_environ(self.env)   # this thread runs one invocation of this function only
         try:
             module = self.load()
             initialised.set()

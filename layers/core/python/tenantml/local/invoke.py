@@ -2,11 +2,11 @@
 `sam local invoke -e`.
 
 The handler file (functions/<function>/handler.py) is loaded by path in a fresh Lambda-like environment
-and called once with the event. Its environment is, in order: the local platform's function environment
-(from .tenantml/local.json, written by `tenantml local`, used only while that platform's AWS emulator
-answers), then every --env. The JSON result goes to stdout; everything the handler prints or logs goes to
-stderr, so `tenantml invoke ... | jq` works. Exit status: 0 on success, 1 if the handler raised or timed
-out, 2 for bad arguments.
+and called once with the event. Its environment is, in order: the local platform's process environment
+and this function's own variables (from .tenantml/local.json, written by `tenantml local`, used only
+while that platform's AWS emulator answers), then every --env. The JSON result goes to stdout; everything
+the handler prints or logs goes to stderr, so `tenantml invoke ... | jq` works. Exit status: 0 on
+success, 1 if the handler raised or timed out, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def read_state(path: Path = STATE_FILE) -> dict[str, Any] | None:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) and isinstance(state.get("env"), dict) else None
+    return state if isinstance(state, dict) and isinstance(state.get("functions"), dict) else None
 
 
 def emulator_answers(endpoint_url: str, timeout_s: float = 1.0) -> bool:
@@ -62,15 +62,17 @@ def emulator_answers(endpoint_url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def local_environment(state: dict[str, Any] | None) -> dict[str, str]:
+def local_environment(state: dict[str, Any] | None, function: str) -> dict[str, str]:
+    """The running platform's process environment plus `function`'s own variables ({} if none runs)."""
     if state is None:
         return {}
-    endpoint = str(state.get("env", {}).get("TENANTML_ENDPOINT_URL", ""))
+    endpoint = str(state.get("moto", {}).get("endpoint_url", ""))
     if not emulator_answers(endpoint):
         print(f"tenantml invoke: {STATE_FILE} is stale (no AWS emulator at {endpoint or '?'}); "
               "not using the local platform's environment. Start it with `tenantml local`.", file=sys.stderr)
         return {}
-    return {str(k): str(v) for k, v in state["env"].items()}
+    own = (state["functions"].get(function) or {}).get("env") or {}
+    return {str(k): str(v) for k, v in {**(state.get("process_env") or {}), **own}.items()}
 
 
 def function_def(name: str) -> resources.FunctionDef:
@@ -78,7 +80,7 @@ def function_def(name: str) -> resources.FunctionDef:
         if fn.name == name:
             return fn
     # Any other functions/<name>/handler.py runs with Lambda's defaults for this project.
-    return resources.FunctionDef(name, purpose="", memory_mb=1024, timeout_s=29)  # type: ignore[arg-type]
+    return resources.FunctionDef(name, "", (), memory_mb=1024, timeout_s=29)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -123,7 +125,7 @@ def invoke_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"tenantml invoke: cannot read event {args.event}: {exc}", file=sys.stderr)
         return 2
-    env = {**local_environment(read_state()), **extra}
+    env = {**local_environment(read_state(), args.function), **extra}
     try:
         result = run(args.function, event, env)
     except FunctionTimeout:

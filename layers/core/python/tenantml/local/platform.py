@@ -1,12 +1,20 @@
 """`tenantml local`: the whole platform on this machine, no Docker and no AWS account.
 
-    moto (S3, DynamoDB, ...) on 127.0.0.1:<moto-port>   <- every boto3 call of the functions
-    API Gateway emulator on <host>:<port>                -> authorizer, inference, registry handlers
+    moto (S3, DynamoDB, SQS, EventBridge, ...) on 127.0.0.1:<moto-port>  <- every boto3 call of the functions
+    API Gateway emulator on <host>:<port>           -> authorizer, inference, registry handlers
+    event runtime (tenantml.local.events)           -> queue, schedule, rule and stream triggered functions
 
-Steps: start moto; create the tables and bucket from the same definitions the CDK app uses; set the
-functions' environment (AWS endpoint, resource names, the authorizer trusting the local dev keys); build
-the example models (cached); register them; start the API; write .tenantml/local.json (for `tenantml
-invoke` and tooling); print a dev token and two curl commands; serve until Ctrl-C.
+Steps: start moto; create the tables, bucket, bus and queues from the same definitions the CDK app uses;
+compute each function's environment (exactly its declared variables, by the function the CDK app uses:
+AWS endpoint, resource names, the authorizer trusting the local dev keys); build the example models
+(cached); start the event runtime; register the models; start the API; write .tenantml/local.json (for
+`tenantml invoke` and tooling); print a dev token and two curl commands; serve until Ctrl-C.
+
+Every function runs in this process with its own variables (tenantml.settings.function_environ), not in a
+process each: one process starts in ~3 s and keeps moto, the model cache and the e2e tests' handles in one
+place, while each function still sees only what it declares, so a missing variable fails here as on AWS.
+What stays process-wide is what Lambda gives every function anyway (AWS_REGION, credentials) and
+Powertools' own switches.
 
 `start_platform()` does the same without blocking and returns a `Platform` (the e2e tests use it).
 """
@@ -32,6 +40,7 @@ from tenantml import SHARED_TENANT, resources
 from tenantml.local import provision
 from tenantml.local.apigw import DEFAULT_AUTHORIZER_TTL_S, ApiConfig, ApiGatewayEmulator, ApiServer
 from tenantml.local.context import LocalFunction, handler_path
+from tenantml.local.events import EventRuntime
 from tenantml.local.invoke import STATE_FILE
 from tenantml.local.moto_server import (
     DUMMY_CREDENTIALS,
@@ -40,7 +49,7 @@ from tenantml.local.moto_server import (
     MotoServerError,
     port_is_free,
 )
-from tenantml.settings import AwsSettings, EnvPatch
+from tenantml.settings import PREFIX, AwsSettings, EnvPatch
 
 REGION = "us-east-1"
 DEMO_TENANT = "acme"
@@ -73,10 +82,11 @@ class Platform:
     keys: Any                      # tenantml.auth.devkeys.DevKeys
     names: resources.LocalNames
     aws: AwsSettings
-    env: dict[str, str]
+    env: dict[str, dict[str, str]]          # function name -> its variables
     models_dir: Path
     state_file: Path
     registered: list[dict[str, str]] = field(default_factory=list)
+    events: EventRuntime | None = None
     _env_patch: EnvPatch | None = None
     _stopped: bool = False
 
@@ -99,10 +109,12 @@ class Platform:
             "api": {"base_url": self.base_url, "host": self.api.host, "port": self.api.port,
                     "stage": self.emulator.config.stage, "api_id": self.emulator.config.api_id},
             "moto": {"endpoint_url": self.moto.endpoint_url, "port": self.moto.port},
-            "names": {"tables": dict(self.names.tables), "buckets": dict(self.names.buckets)},
+            "names": {"tables": dict(self.names.tables), "buckets": dict(self.names.buckets),
+                      "event_bus": self.names.event_bus},
             "models_dir": str(self.models_dir),
             "registered": self.registered,
-            "env": dict(self.env),
+            "process_env": process_environment(self.aws),
+            "functions": {name: {"env": dict(env)} for name, env in self.env.items()},
         }
 
     def stop(self) -> None:
@@ -110,6 +122,8 @@ class Platform:
             return
         self._stopped = True
         try:
+            if self.events is not None:
+                self.events.stop()
             self.api.stop()
         finally:
             try:
@@ -150,18 +164,22 @@ def _step(say: Say, n: int, total: int, text: str):
     return _Step()
 
 
-def function_environment(names: resources.LocalNames, aws: AwsSettings, keys: Any) -> dict[str, str]:
-    """Everything the functions need in local mode, and only in local mode."""
-    return {
-        **DUMMY_CREDENTIALS,
-        **provision.function_env(names, aws),
-        **keys.auth_env(),                       # TENANTML_JWKS_JSON, TENANTML_ISSUER, TENANTML_AUDIENCE
-        "POWERTOOLS_TRACE_DISABLED": "true",     # no X-Ray daemon here
-    }
+def process_environment(aws: AwsSettings) -> dict[str, str]:
+    """What the local process gets for every function: dummy credentials, the region, no X-Ray daemon."""
+    return {**DUMMY_CREDENTIALS, **provision.process_env(aws), "POWERTOOLS_TRACE_DISABLED": "true"}
 
 
-def load_functions(root: Path | None = None) -> dict[str, LocalFunction]:
-    return {fn.name: LocalFunction(fn, handler_path(fn.name, root)) for fn in resources.FUNCTIONS}
+def function_environment(names: resources.LocalNames, aws: AwsSettings, keys: Any,
+                         definitions: Iterable[resources.FunctionDef] = resources.FUNCTIONS,
+                         ) -> dict[str, dict[str, str]]:
+    """Each function's own variables in local mode (keys.auth_env(): the authorizer trusts the dev keys)."""
+    return {fn.name: provision.local_environment(fn, names, aws, keys.auth_env()) for fn in definitions}
+
+
+def load_functions(env: dict[str, dict[str, str]], root: Path | None = None,
+                   definitions: Iterable[resources.FunctionDef] = resources.FUNCTIONS,
+                   ) -> dict[str, LocalFunction]:
+    return {fn.name: LocalFunction(fn, handler_path(fn.name, root), env=env[fn.name]) for fn in definitions}
 
 
 def register_models(folders: dict[str, Path], aws: AwsSettings, names: resources.LocalNames, say: Say,
@@ -209,10 +227,11 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
     from tenantml.auth.devkeys import ensure_dev_keys  # noqa: PLC0415
 
     home, models_dir = Path(home), Path(models_dir)
-    total = 6
+    total = 7
     moto = MotoServer(host="127.0.0.1", port=moto_port)
     env_patch: EnvPatch | None = None
     api: ApiServer | None = None
+    runtime: EventRuntime | None = None
     if port and not port_is_free(host, port):  # fail before the slow steps, not after them
         raise OSError(errno.EADDRINUSE, f"API port {host}:{port} is in use")
     try:
@@ -225,11 +244,14 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
             keys = ensure_dev_keys(home / "keys")
             env = function_environment(names, aws, keys)
             # From here on the process has dummy credentials: nothing in it can reach a real account.
-            env_patch = EnvPatch(env, remove=REMOVED_VARIABLES).apply()
+            # No TENANTML_* variable stays process-wide: each function gets its own (function_environ).
+            env_patch = EnvPatch(process_environment(aws), remove=REMOVED_VARIABLES,
+                                 remove_prefix=PREFIX).apply()
             say(f"      issuer {keys.issuer}, keys in {home / 'keys'}")
-        with _step(say, 3, total, "tables and bucket (tenantml.resources, as in the CDK app)"):
+        with _step(say, 3, total, "tables, bucket, bus and queues (tenantml.resources, as in the CDK app)"):
             provision.create_resources(aws, names)
-            say(f"      {', '.join([*names.tables.values(), *names.buckets.values()])}")
+            say(f"      {', '.join([*names.tables.values(), *names.buckets.values(), names.event_bus])}")
+        functions = load_functions(env, functions_root)
         folders = {model: models_dir / model for model, _ in REGISTRATIONS}
         if build:
             with _step(say, 4, total, f"models (cached in {models_dir})"):
@@ -239,26 +261,34 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
                 folders.update({name: Path(path) for name, path in built.items()})
         else:
             say(f"[4/{total}] models: not building (--no-build), using {models_dir}")
-        with _step(say, 5, total, "register models"):
+        with _step(say, 5, total, "event runtime (queues, schedules, rules, streams)"):
+            runtime = EventRuntime(functions, aws, names).provision()
+            for line in runtime.describe() or ["no event triggers declared"]:
+                say(f"      {line}")
+            runtime.start()
+        with _step(say, 6, total, "register models"):
             registered = register_models(folders, aws, names, say)
-        with _step(say, 6, total, "API Gateway emulator"):
-            functions = load_functions(functions_root)
+        with _step(say, 7, total, "API Gateway emulator"):
             for fn in functions.values():
                 try:  # cold starts now, with the environment set, not on the first request
                     fn.load()
                 except Exception:  # noqa: BLE001 - like Lambda: an init error fails the requests (502)
                     logging.getLogger("tenantml-local.apigw").exception("%s failed to initialise", fn.name)
                     say(f"      {fn.name}: init FAILED (its requests answer 502; see the log)")
-            emulator = ApiGatewayEmulator(functions, config=ApiConfig(authorizer_ttl_s=authorizer_ttl_s))
+            http = {r.function for r in resources.ROUTES} | {"authorizer"}
+            emulator = ApiGatewayEmulator({n: f for n, f in functions.items() if n in http},
+                                          config=ApiConfig(authorizer_ttl_s=authorizer_ttl_s))
             api = ApiServer(emulator, host=host, port=port).start()
             say(f"      {api.base_url} (stage prefix /{emulator.config.stage} optional)")
         platform = Platform(moto=moto, api=api, keys=keys, names=names, aws=aws, env=env,
                             models_dir=models_dir, state_file=home / STATE_FILE.name, registered=registered,
-                            _env_patch=env_patch)
+                            events=runtime, _env_patch=env_patch)
         platform.state_file.parent.mkdir(parents=True, exist_ok=True)
         platform.state_file.write_text(json.dumps(platform.state(), indent=2) + "\n")
         return platform
     except BaseException:
+        if runtime is not None:
+            runtime.stop()
         if api is not None:
             api.stop()
         moto.stop()

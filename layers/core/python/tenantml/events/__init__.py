@@ -1,0 +1,57 @@
+"""The events the platform publishes on its EventBridge bus (source `tenantml`): one pydantic model per
+detail-type, the contract consumers parse with (`parse_detail`). Pure: no boto3.
+
+Every detail carries the tenant, the model, the version(s), a human-readable reason, who or what caused
+the change (`actor`) and `change_id`, the id of the committed change (the registry's audit record) the
+event was published for: delivery is at least once, so consumers deduplicate on `change_id`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SOURCE = "tenantml"
+
+
+class EventDetail(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: str = Field(description="owner of the model: a tenant id or _shared")
+    model: str
+    version: str | None
+    reason: str
+    actor: str = Field(description="the token subject, or the platform component, that made the change")
+    change_id: str = Field(description="id of the committed change (audit record); deduplicate on it")
+    at: str = Field(description="when the change was committed, ISO 8601 UTC")
+
+
+class ModelVersionRegistered(EventDetail):
+    """A version was registered (its artifacts verified and stored)."""
+
+    task: str
+    backend: str
+    aliases: list[str] = Field(default_factory=list, description="aliases pointed at it by the registration")
+
+
+class AliasChanged(EventDetail):
+    """An alias (production, canary, ...) now points at `version`."""
+
+    alias: str
+    previous: str | None = Field(description="the version the alias pointed at before, if any")
+
+
+DETAIL_MODELS: dict[str, type[EventDetail]] = {
+    "ModelVersionRegistered": ModelVersionRegistered,
+    "AliasChanged": AliasChanged,
+}
+
+
+def parse_detail(detail_type: str, detail: Any) -> EventDetail:
+    """The typed detail of a tenantml event (detail as a dict or a JSON string). KeyError for an unknown
+    detail-type, pydantic.ValidationError for a detail that does not match its model."""
+    model = DETAIL_MODELS[detail_type]
+    if isinstance(detail, str | bytes):
+        return model.model_validate_json(detail)
+    return model.model_validate(detail)
