@@ -33,11 +33,12 @@ def use_function_environment(monkeypatch, function: str, auth: Mapping[str, str]
 
 
 @contextmanager
-def lambda_account(monkeypatch, function: str) -> Iterator[dict]:
-    """moto with the platform's resources, and `function`'s environment pointing at them."""
+def lambda_account(monkeypatch, function: str, auth: Mapping[str, str] | None = None) -> Iterator[dict]:
+    """moto with the platform's resources, and `function`'s environment pointing at them (`auth`: the
+    authorizer's JWKS/issuer/audience, e.g. DevKeys.auth_env())."""
     with mock_aws():
         create_resources(AWS, NAMES)
-        env = use_function_environment(monkeypatch, function)
+        env = use_function_environment(monkeypatch, function, auth)
         try:
             yield env
         finally:

@@ -14,13 +14,10 @@ from constructs import Construct
 
 from tenantml import resources
 from tenantml_cdk.config import AppConfig
+from tenantml_cdk.constructs.storage import pascal
 from tenantml_cdk.nag import acknowledge
 
 RETENTION = Duration.days(14)
-
-
-def _pascal(name: str) -> str:
-    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
 
 
 class PlatformQueues(Construct):
@@ -32,17 +29,17 @@ class PlatformQueues(Construct):
         self.queues: dict[str, sqs.IQueue] = {}
         self.dead_letter_queues: dict[str, sqs.IQueue] = {}
         for queue in queues:
-            dlq = self._queue(f"{_pascal(queue.id)}Dlq", f"{queue.purpose}: messages that failed "
+            dlq = self._queue(f"{pascal(queue.id)}Dlq", f"{queue.purpose}: messages that failed "
                               f"{queue.max_receive_count} times", retention_period=RETENTION)
             consumer = consumers.get(queue.id)
             timeout = config.sizing(consumer).timeout_seconds if consumer else 60
             self.queues[queue.id] = self._queue(
-                _pascal(queue.id), queue.purpose,
+                pascal(queue.id), queue.purpose,
                 visibility_timeout=Duration.seconds(resources.VISIBILITY_FACTOR * timeout),
                 dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=queue.max_receive_count, queue=dlq))
             self.dead_letter_queues[queue.id] = dlq
         for queue in resources.failure_queues(functions):
-            self.dead_letter_queues[queue.id] = self._queue(_pascal(queue.id), queue.purpose,
+            self.dead_letter_queues[queue.id] = self._queue(pascal(queue.id), queue.purpose,
                                                             retention_period=RETENTION)
 
     def _queue(self, construct_id: str, purpose: str, **kwargs) -> sqs.Queue:

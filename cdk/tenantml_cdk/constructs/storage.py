@@ -81,7 +81,7 @@ class PlatformTables(Construct):
         self.tables: dict[str, dynamodb.Table] = {}
         for definition in definitions:
             table = dynamodb.Table(
-                self, _pascal(definition.id),
+                self, pascal(definition.id),
                 partition_key=_attribute(definition.partition_key),
                 sort_key=_attribute(definition.sort_key) if definition.sort_key else None,
                 billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
@@ -100,5 +100,6 @@ class PlatformTables(Construct):
             self.tables[definition.id] = table
 
 
-def _pascal(name: str) -> str:
+def pascal(name: str) -> str:
+    """A construct id from a resource id: model-registry -> ModelRegistry."""
     return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))

@@ -35,10 +35,7 @@ from constructs import Construct
 
 from tenantml import resources
 from tenantml_cdk.constructs.functions import PlatformFunction
-
-
-def _pascal(name: str) -> str:
-    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
+from tenantml_cdk.constructs.storage import pascal
 
 
 def schedule_input(account: str, region: str) -> scheduler.ScheduleTargetInput:
@@ -71,7 +68,7 @@ class EventTriggers(Construct):
                     on_failure=destinations.SqsDestination(failures))
             for t in d.triggers:
                 key = getattr(t, "id", None) or getattr(t, "queue", None) or t.table
-                name = f"{_pascal(d.name)}{_pascal(key)}"
+                name = f"{pascal(d.name)}{pascal(key)}"
                 if isinstance(t, resources.SqsTrigger):
                     fn.function.add_event_source(sources.SqsEventSource(
                         queues[t.queue], batch_size=t.batch_size, report_batch_item_failures=True,
@@ -103,7 +100,7 @@ class EventTriggers(Construct):
                         retry_attempts=-1, on_failure=sources.SqsDlq(failures) if failures else None,
                         filters=[lambda_.FilterCriteria.filter(dict(t.filter))]))
         for queue_id, dlq in dead_letter_queues.items():
-            alarm = cw.Alarm(self, f"{_pascal(queue_id)}DepthAlarm",
+            alarm = cw.Alarm(self, f"{pascal(queue_id)}DepthAlarm",
                              alarm_description=f"tenantml: messages in {queue_id} (failed work to look at)",
                              metric=dlq.metric_approximate_number_of_messages_visible(
                                  statistic="Maximum", period=Duration.minutes(5)),
