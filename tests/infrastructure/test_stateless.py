@@ -189,14 +189,17 @@ def test_every_route_exists_with_the_right_authorization_and_function(stateless)
         assert _id(route.function) in refs(props["Integration"]["Uri"]), route
 
 
-def test_infer_bodies_are_validated(stateless):
-    methods = methods_by_route(stateless)
+def test_bodies_pass_intact_to_the_functions_and_responses_are_compressed(stateless):
+    """Binary tensor data and compressed bodies must reach the function untouched (no JSON-schema body
+    model: it would refuse them); path parameters are still validated at the gateway."""
+    (api,) = resources_of(stateless, "AWS::ApiGateway::RestApi").values()
+    assert api["Properties"]["BinaryMediaTypes"] == ["*/*"]
+    assert api["Properties"]["MinimumCompressionSize"] == 1024
     (validator,) = resources_of(stateless, "AWS::ApiGateway::RequestValidator").values()
-    assert validator["Properties"]["ValidateRequestBody"] is True
-    infer = [r for r in resources.ROUTES if r.method == "POST" and r.path.endswith("/infer")]
-    assert infer
-    for route in infer:
-        assert "application/json" in methods[(route.method, route.path)]["RequestModels"]
+    assert validator["Properties"]["ValidateRequestBody"] is False
+    assert validator["Properties"]["ValidateRequestParameters"] is True
+    for props in methods_by_route(stateless).values():
+        assert "RequestModels" not in props
 
 
 def test_stage_is_throttled_traced_and_access_logged(synth, stateless):

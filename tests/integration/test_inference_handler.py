@@ -128,9 +128,9 @@ def test_unknown_route_and_method(call, load_event):
 
 
 @pytest.mark.parametrize("body,status,message", [
-    ("{not json", 400, "malformed JSON body (NaN and Infinity are not allowed)"),
+    ("{not json", 400, "request body is not valid JSON"),
     ('{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [NaN]}]}', 400,
-     "malformed JSON body (NaN and Infinity are not allowed)"),
+     "malformed JSON body: NaN and Infinity are not allowed"),
     ('{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a"]}]}', 400,
      "input 'text' has 1 elements but shape [2] needs 2"),
     ('{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [1]}]}', 400,

@@ -205,7 +205,8 @@ def test_proxy_event_is_real_shaped(api):
     assert ev["multiValueQueryStringParameters"] == {"a": ["1", "2"], "b": ["x"]}
     assert ev["pathParameters"] == {"model": "minilm-embed"}
     assert ev["stageVariables"] is None
-    assert ev["body"] == '{"inputs": []}' and ev["isBase64Encoded"] is False
+    # Binary media types */* (the CDK app's setting): every body arrives base64-encoded.
+    assert base64.b64decode(ev["body"]) == b'{"inputs": []}' and ev["isBase64Encoded"] is True
     rc = ev["requestContext"]
     assert rc["accountId"] == "123456789012" and rc["apiId"] == "abc123def4" and rc["stage"] == "v1"
     assert rc["resourcePath"] == "/v2/models/{model}/infer" and rc["httpMethod"] == "POST"
@@ -233,6 +234,33 @@ def test_binary_body_is_base64(api, functions):
         ev = event_of(api.handle(HttpRequest("POST", "/v2/models/m/infer", body=raw, headers=(
             ("Authorization", "Bearer allow-acme"), ("Content-Type", ctype)))))
         assert ev["isBase64Encoded"] is True and base64.b64decode(ev["body"]) == raw
+
+
+def test_text_bodies_stay_text_without_a_catch_all_binary_type(api):
+    api.config = ApiConfig(api_id="abc123def4", stage="v1", binary_media_types=("image/*",))
+    ev = event_of(api.handle(HttpRequest("POST", "/v2/models/m/infer", body=b'{"a": 1}', headers=(
+        ("Authorization", "Bearer allow-acme"), ("Content-Type", "application/json")))))
+    assert ev["isBase64Encoded"] is False and ev["body"] == '{"a": 1}'
+
+
+@pytest.mark.parametrize(("accept", "coding"), [
+    ("gzip, deflate", "gzip"), ("deflate", "deflate"), ("gzip;q=0, deflate;q=0.5", "deflate"),
+    ("br", None), ("", None)])
+def test_responses_are_compressed_like_api_gateway(api, accept, coding):
+    import gzip
+    import zlib
+
+    api.config = ApiConfig(api_id="abc123def4", stage="v1", minimum_compression_size=16)
+    resp = api.handle(HttpRequest("GET", "/v2/health/live", headers=(("Accept-Encoding", accept),)))
+    assert resp.header("Content-Encoding") == coding
+    plain = {"gzip": gzip.decompress, "deflate": zlib.decompress, None: bytes}[coding](resp.body)
+    assert resp.status == 200 and plain
+
+
+def test_small_responses_are_not_compressed(api):
+    api.config = ApiConfig(api_id="abc123def4", stage="v1", minimum_compression_size=1 << 20)
+    resp = api.handle(HttpRequest("GET", "/v2/health/live", headers=(("Accept-Encoding", "gzip"),)))
+    assert resp.header("Content-Encoding") is None
 
 
 def test_handler_gets_a_lambda_context(api):

@@ -113,8 +113,16 @@ def test_non_finite_outputs_are_refused():
 
 
 @pytest.mark.parametrize("raw", ["{", "{'inputs': []}", "[1, 2", "\x00"])
-def test_malformed_json(raw):
-    assert "malformed JSON" in bad(raw)
+def test_malformed_json_says_so(raw):
+    assert bad(raw) == "request body is not valid JSON"
+
+
+def test_an_input_without_data_or_binary_data_says_so():
+    assert bad(json.dumps({"inputs": [{**F, "shape": [1, 3]}]})).startswith("input 'features' has no data")
+
+
+def test_a_body_that_is_not_utf8_says_so():
+    assert "not valid UTF-8 JSON" in bad(b'{"inputs": "\xff"}')
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
@@ -151,7 +159,6 @@ F = {"name": "features", "datatype": "FP32"}
     ({"inputs": [{**F, "shape": [-1, 3], "data": [1]}]}, "inputs[0].shape[0]"),
     ({"inputs": [{**F, "shape": ["1", 3], "data": [1]}]}, "inputs[0].shape[0]"),
     ({"inputs": [{**F, "shape": [True, 3], "data": [1]}]}, "inputs[0].shape[0]"),
-    ({"inputs": [{**F, "shape": [1, 3]}]}, "inputs[0].data"),
     ({"inputs": [{**F, "name": 7, "shape": [1, 3], "data": [1, 2, 3]}]}, "inputs[0].name"),
     ({"inputs": [{**F, "shape": [1], "data": [1], "extra": 1}]}, "inputs[0].extra"),
     ({"id": 5, "inputs": [{**F, "shape": [1], "data": [1]}]}, "id"),

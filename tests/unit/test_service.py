@@ -459,7 +459,8 @@ def test_an_oversized_artifact_is_refused_while_streaming_and_leaves_no_file(wor
 
 def test_build_service_creates_no_aws_client_until_used():
     svc = build_service(settings(), AwsSettings(region="us-east-1"))
-    assert svc.server_metadata() == {"name": "tenantml", "version": "0.1.0", "extensions": []}
+    assert svc.server_metadata() == {"name": "tenantml", "version": "0.1.0",
+                                     "extensions": ["binary_tensor_data"]}
     assert svc.ready() == {"ready": True} and svc.live() == {"live": True}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Size
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -23,27 +23,13 @@ CUSTOM, NONE = apigw.AuthorizationType.CUSTOM, apigw.AuthorizationType.NONE
 # The authorizer context key that carries the tenant (docs/design: {tenant_id, sub, scopes}).
 TENANT_CONTEXT_KEY = "tenant_id"
 
-# Open Inference Protocol v2 inference request (JSON schema draft-04, what API Gateway validates):
-# rejects a body without a non-empty `inputs` list before a Lambda is invoked.
-OIP_INFER_REQUEST = {
-    "$schema": "http://json-schema.org/draft-04/schema#",
-    "title": "InferenceRequest",
-    "type": "object",
-    "required": ["inputs"],
-    "properties": {
-        "id": {"type": "string"},
-        "parameters": {"type": "object"},
-        "inputs": {
-            "type": "array", "minItems": 1,
-            "items": {"type": "object", "required": ["name", "shape", "datatype", "data"],
-                      "properties": {"name": {"type": "string"},
-                                     "shape": {"type": "array", "items": {"type": "integer"}},
-                                     "datatype": {"type": "string"},
-                                     "parameters": {"type": "object"}}},
-        },
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}},
-    },
-}
+# Every body reaches the functions base64-encoded, whatever its Content-Type (Triton's client sends
+# binary tensor data and compressed bodies without one): tenantml.api.body undoes it. Costs ~1 ms/MB of
+# decoding and makes a body 4/3 larger inside Lambda's 6 MB payload limit (the functions cap bodies at 1 MB).
+BINARY_MEDIA_TYPES = ["*/*"]
+# API Gateway compresses responses of at least this size for clients that accept gzip/deflate: below
+# ~1 KB the gzip header and CPU cost more than the bytes saved (an OIP answer for one row is ~200 B).
+MINIMUM_COMPRESSION_SIZE = 1024
 
 
 def access_log_format() -> apigw.AccessLogFormat:
@@ -98,6 +84,8 @@ class PlatformApi(Construct):
             rest_api_name=f"tenantml-{config.stage}",
             description="tenantml: Open Inference Protocol v2 (REST) and the model registry admin API",
             endpoint_types=[apigw.EndpointType.REGIONAL],
+            binary_media_types=BINARY_MEDIA_TYPES,
+            min_compression_size=Size.bytes(MINIMUM_COMPRESSION_SIZE),
             # API Gateway writes access and execution logs through an account-level role.
             cloud_watch_role=True,
             deploy_options=apigw.StageOptions(
@@ -122,7 +110,13 @@ class PlatformApi(Construct):
                     "which a Cognito user-pool authorizer cannot do; health probes are public by design.")
         acknowledge(self.rest_api, "AwsSolutions-APIG3",
                     "WAF is an account/edge decision and a cost the deployer opts into; the stage is "
-                    "throttled, every data route requires a verified JWT, and bodies are validated.")
+                    "throttled, every data route requires a verified JWT, and the functions validate every "
+                    "body.")
+        acknowledge(self.rest_api, "AwsSolutions-APIG2",
+                    "Request bodies are validated by the functions, not by a gateway model: inference "
+                    "bodies may be binary tensor data or compressed (binary media types */*), which a "
+                    "JSON-schema model refuses; the functions answer a precise 400 per cause. Path "
+                    "parameters are validated at the gateway.")
 
         self.authorizer = apigw.RequestAuthorizer(
             self, "JwtAuthorizer",
@@ -134,25 +128,22 @@ class PlatformApi(Construct):
             results_cache_ttl=Duration.seconds(config.authorizer_cache_ttl_seconds),
         )
 
+        # Path parameters are validated here; bodies by the functions, which know binary tensor data and
+        # compressed bodies (a JSON-schema model would refuse both) and answer precise 400s.
         validator = self.rest_api.add_request_validator(
-            "BodyValidator", request_validator_name="body", validate_request_body=True,
+            "ParameterValidator", request_validator_name="parameters", validate_request_body=False,
             validate_request_parameters=True)
-        infer_model = self.rest_api.add_model(
-            "InferenceRequestModel", content_type="application/json", model_name="InferenceRequest",
-            schema=apigw.JsonSchema(**_json_schema_kwargs(OIP_INFER_REQUEST)))
 
         integrations = {name: apigw.LambdaIntegration(target, allow_test_invoke=False)
                         for name, target in targets.items()}
         self.methods: dict[tuple[str, str], apigw.Method] = {}
         for route in routes:
             resource = self.rest_api.root.resource_for_path(route.path)
-            is_infer = route.method == "POST" and route.path.rsplit("/", 1)[-1] == "infer"
             method = resource.add_method(
                 route.method, integrations[route.function],
                 authorization_type=CUSTOM if route.auth else NONE,
                 authorizer=self.authorizer if route.auth else None,
                 request_validator=validator,
-                request_models={"application/json": infer_model} if is_infer else None,
                 request_parameters={f"method.request.path.{p}": True for p in _path_params(route.path)},
             )
             if not route.auth:
@@ -184,28 +175,3 @@ class PlatformApi(Construct):
 
 def _path_params(path: str) -> list[str]:
     return [seg[1:-1] for seg in path.split("/") if seg.startswith("{") and seg.endswith("}")]
-
-
-_SCHEMA_KEYS = {"$schema": "schema", "required": "required", "type": "type", "title": "title",
-                "properties": "properties", "items": "items", "minItems": "min_items"}
-_TYPES = {"object": "OBJECT", "array": "ARRAY", "string": "STRING", "integer": "INTEGER",
-          "number": "NUMBER", "boolean": "BOOLEAN"}
-
-
-def _json_schema_kwargs(schema: Mapping[str, object]) -> dict[str, object]:
-    """Plain JSON schema dict -> apigw.JsonSchema keyword arguments (recursively)."""
-    out: dict[str, object] = {}
-    for key, value in schema.items():
-        name = _SCHEMA_KEYS[key]
-        if key == "$schema":
-            out[name] = apigw.JsonSchemaVersion.DRAFT4
-        elif key == "type":
-            out[name] = getattr(apigw.JsonSchemaType, _TYPES[str(value)])
-        elif key == "properties":
-            out[name] = {k: apigw.JsonSchema(**_json_schema_kwargs(v))  # type: ignore[arg-type]
-                         for k, v in value.items()}  # type: ignore[union-attr]
-        elif key == "items":
-            out[name] = apigw.JsonSchema(**_json_schema_kwargs(value))  # type: ignore[arg-type]
-        else:
-            out[name] = value
-    return out

@@ -13,6 +13,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
+from tenantml.api.body import read_body
 from tenantml.api.context import caller_from_event
 from tenantml.api.errors import JSON, register_error_handlers
 from tenantml.observability import logger
@@ -24,7 +25,9 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 def _reply(reply: Reply) -> Response:
-    return Response(status_code=reply.status, content_type=JSON, body=reply.body, headers=dict(reply.headers))
+    """A bytes body (binary tensor data) goes back base64-encoded, which API Gateway turns into bytes."""
+    return Response(status_code=reply.status, content_type=reply.content_type, body=reply.body,
+                    headers=dict(reply.headers))
 
 
 def build_router(service: InferenceService) -> APIGatewayRouter:
@@ -69,13 +72,18 @@ def build_router(service: InferenceService) -> APIGatewayRouter:
     def version_ready(model: str, version: str) -> Response:
         return _json(service.model_ready(tenant(), model, version))
 
+    def run_infer(model: str, version: str | None) -> Response:
+        who = tenant()
+        body = read_body(router.current_event.raw_event, max_bytes=service.settings.max_body_bytes)
+        return _reply(service.infer(who, model, version, body.data, json_length=body.json_length))
+
     @router.post("/v2/models/<model>/infer")
     def infer(model: str) -> Response:
-        return _reply(service.infer(tenant(), model, None, router.current_event.decoded_body))
+        return run_infer(model, None)
 
     @router.post("/v2/models/<model>/versions/<version>/infer")
     def version_infer(model: str, version: str) -> Response:
-        return _reply(service.infer(tenant(), model, version, router.current_event.decoded_body))
+        return run_infer(model, version)
 
     return router
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import gzip
 import hashlib
 import json
 import logging
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -102,7 +104,11 @@ class ApiConfig:
     account_id: str = ACCOUNT_ID
     authorizer_ttl_s: float = DEFAULT_AUTHORIZER_TTL_S   # 0 disables the cache, as in API Gateway
     max_body_bytes: int = MAX_BODY_BYTES
-    binary_media_types: tuple[str, ...] = ()             # e.g. ("application/octet-stream", "image/*")
+    # As the CDK app configures the REST API: every body reaches the function base64-encoded (binary
+    # tensor data and compressed bodies arrive intact, with or without a Content-Type) ...
+    binary_media_types: tuple[str, ...] = ("*/*",)
+    # ... and responses of at least this many bytes are compressed when the client accepts gzip/deflate.
+    minimum_compression_size: int | None = 1024
     stage_variables: Mapping[str, str] | None = None
 
 
@@ -321,11 +327,26 @@ class ApiGatewayEmulator:
                          ("X-Amzn-Trace-Id", _trace_id())]
         if not any(k.lower() == "content-type" for k, _ in resp.headers):
             resp.headers.append(("Content-Type", "application/json"))
+        self._compress(req, resp)
         latency_ms = (time.perf_counter() - started) * 1000
         access_log.info('%s "%s %s" %d %.1fms tenant=%s function=%s authorizer=%s requestId=%s',
                         req.source_ip, req.method, urlsplit(req.target).path, resp.status, latency_ms,
                         resp.tenant or "-", resp.function or "-", resp.authorizer, request_id)
         return resp
+
+    def _compress(self, req: HttpRequest, resp: HttpResponse) -> None:
+        """API Gateway's payload compression (minimumCompressionSize): gzip or deflate, as the client's
+        Accept-Encoding allows (gzip preferred), for bodies of at least that size."""
+        limit = self.config.minimum_compression_size
+        if limit is None or len(resp.body) < limit or resp.header("Content-Encoding"):
+            return
+        accepted = _accepted_encodings(req.header("Accept-Encoding") or "")
+        for coding in ("gzip", "deflate"):
+            if coding in accepted:
+                packed = gzip.compress(resp.body, mtime=0) if coding == "gzip" else zlib.compress(resp.body)
+                resp.body = packed
+                resp.headers.append(("Content-Encoding", coding))
+                return
 
     def _handle(self, req: HttpRequest, request_id: str) -> HttpResponse:
         if len(req.body) > self.config.max_body_bytes:
@@ -428,7 +449,8 @@ class ApiGatewayEmulator:
         if not req.body:
             return None, False
         ctype = (req.header("Content-Type") or "").split(";")[0].strip().lower()
-        binary = any(fnmatch.fnmatch(ctype, t.lower()) for t in self.config.binary_media_types)
+        binary = "*/*" in self.config.binary_media_types or \
+            any(fnmatch.fnmatch(ctype, t.lower()) for t in self.config.binary_media_types)
         if not binary:
             try:
                 return req.body.decode("utf-8"), False
@@ -563,6 +585,20 @@ def proxy_response(out: Any) -> HttpResponse:
     return HttpResponse(status, [(k, v) for k, v in headers if k.lower() not in hop_by_hop], raw)
 
 
+def _accepted_encodings(header: str) -> set[str]:
+    """Codings an Accept-Encoding header accepts (q > 0)."""
+    out = set()
+    for part in header.split(","):
+        coding, _, params = part.strip().partition(";")
+        q = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
+        try:
+            if float(q) > 0:
+                out.add(coding.strip().lower())
+        except ValueError:
+            continue
+    return out
+
+
 def _header_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -577,6 +613,7 @@ def _trace_id() -> str:
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     server_version = "tenantml-apigw"
     sys_version = ""
     server: _HttpServer
@@ -627,6 +664,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, resp: HttpResponse, *, close: bool = False) -> None:
+        """Status line, headers and body in ONE write (with Nagle off): two writes on a keep-alive
+        connection meet the client's delayed ACK and stall each response by ~40 ms."""
         self.send_response_only(resp.status)
         self.send_header("Date", formatdate(usegmt=True))
         for k, v in resp.headers:
@@ -635,9 +674,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
-        self.end_headers()
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD" and resp.body:
-            self.wfile.write(resp.body)
+            self._headers_buffer.append(resp.body)
+        self.wfile.write(b"".join(self._headers_buffer))
+        self._headers_buffer = []
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
 

@@ -8,6 +8,15 @@ string (BYTES), which is where the hot path's time would otherwise go. Every fai
 JSON is parsed strictly: Python's json accepts NaN/Infinity/-Infinity by default; here they are a 400
 anywhere in the body, and numbers that overflow a float (1e999) or the tensor's datatype are rejected by
 the finiteness/range checks after conversion.
+
+The binary tensor data extension (what Triton's and KServe's clients send by default) is supported both
+ways. A request whose `Inference-Header-Content-Length` header says N carries N bytes of JSON followed by
+the raw data of every input whose `parameters.binary_data_size` is set, in input order: numeric tensors
+little-endian in row-major order, BOOL one byte per element, BYTES as a 4-byte little-endian length before
+each element. The response carries an output in binary when the request's `binary_data_output` parameter
+is true or the output's own `binary_data` parameter is (the latter wins), with the same layout and header.
+Fields a real OIP client sends are accepted deliberately: `id`, `parameters` (request, input and output),
+`model_name`/`model_version` (KServe's client sends the model name; a mismatch with the path is a 400).
 """
 
 from __future__ import annotations
@@ -41,12 +50,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+BINARY_EXTENSION = "binary_tensor_data"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_MISSING = object()
+
+
 class RequestInput(_Strict):
     name: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     shape: list[Annotated[StrictInt, Field(ge=0)]] = Field(min_length=1, max_length=8)
     datatype: Datatype
     parameters: dict[str, Any] | None = None
-    data: Any  # converted by decode_inputs, not by pydantic (see module docstring)
+    data: Any = _MISSING  # converted by decode_inputs, not by pydantic (see module docstring)
+
+    @property
+    def binary_size(self) -> int | None:
+        """`parameters.binary_data_size`: the input's data follows the JSON header, this many bytes."""
+        size = (self.parameters or {}).get("binary_data_size")
+        if size is None:
+            return None
+        if type(size) is not int or size < 0:
+            raise BadRequest(f"input '{_q(self.name)}': binary_data_size must be a non-negative integer")
+        return size
 
 
 class RequestOutput(_Strict):
@@ -56,9 +80,25 @@ class RequestOutput(_Strict):
 
 class InferRequest(_Strict):
     id: Annotated[StrictStr, Field(max_length=256)] | None = None
+    model_name: Annotated[StrictStr, Field(max_length=256)] | None = None
+    model_version: Annotated[StrictStr, Field(max_length=256)] | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1, max_length=32)
     outputs: list[RequestOutput] | None = None
+
+    def binary_outputs(self, names: Sequence[str]) -> frozenset[str]:
+        """The outputs (of `names`, the ones answered) the client wants in binary."""
+        default = _flag((self.parameters or {}).get("binary_data_output"), "binary_data_output")
+        per_output = {o.name: _flag((o.parameters or {}).get("binary_data"), f"outputs '{_q(o.name)}' "
+                                    "binary_data") for o in self.outputs or ()}
+        chosen = {n: per_output.get(n) for n in names}
+        return frozenset(n for n, flag in chosen.items() if (default if flag is None else flag))
+
+
+def _flag(value: Any, what: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise BadRequest(f"parameter {what} must be true or false")
 
 
 @dataclass(frozen=True)
@@ -75,8 +115,12 @@ class Tensor:
         return self.shape[0]
 
 
+class _NonFiniteLiteral(ValueError):
+    pass
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise _NonFiniteLiteral(name)
 
 
 def _q(name: str) -> str:
@@ -97,26 +141,75 @@ def body_size(body: str | bytes) -> int:
 
 
 def parse_json_strict(body: str | bytes | None, *, max_bytes: int) -> Any:
-    """Parse a request body: 413 over `max_bytes`, 400 on malformed JSON or NaN/Infinity literals."""
+    """Parse a request body: 413 over `max_bytes`, 400 on a body that is not UTF-8 JSON or that holds
+    NaN/Infinity literals, each with its own message."""
     if body is None or body == "" or body == b"":
         raise BadRequest("request body is required")
     if body_size(body) > max_bytes:
         raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("request body is not valid UTF-8 JSON (binary tensor data needs the "
+                             "Inference-Header-Content-Length header)") from None
     try:
         return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and NaN/Infinity both land here
-        raise BadRequest("malformed JSON body (NaN and Infinity are not allowed)",
-                         detail=type(exc).__name__) from None
+    except _NonFiniteLiteral:
+        raise BadRequest("malformed JSON body: NaN and Infinity are not allowed") from None
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest("request body is not valid JSON", detail=type(exc).__name__) from None
 
 
-def parse_infer_request(body: str | bytes | None, *, max_bytes: int) -> InferRequest:
-    obj = parse_json_strict(body, max_bytes=max_bytes)
+@dataclass(frozen=True)
+class ParsedRequest:
+    """An inference request: the validated envelope and the raw binary data of each binary input."""
+
+    request: InferRequest
+    binary: Mapping[str, bytes]
+
+
+def parse_infer_request(body: str | bytes | None, *, max_bytes: int,
+                        json_length: int | None = None) -> InferRequest:
+    return parse_request(body, max_bytes=max_bytes, json_length=json_length).request
+
+
+def parse_request(body: str | bytes | None, *, max_bytes: int,
+                  json_length: int | None = None) -> ParsedRequest:
+    """The request envelope, and with `json_length` (the Inference-Header-Content-Length header) the
+    binary data after the JSON header, split per input by `binary_data_size`."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if raw is not None and json_length is not None:
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+        if not 0 < json_length <= len(raw):
+            raise BadRequest(f"Inference-Header-Content-Length {json_length} does not fit a body of "
+                             f"{len(raw)} bytes")
+        head, tail = raw[:json_length], raw[json_length:]
+    else:
+        head, tail = raw, b""
+    obj = parse_json_strict(head, max_bytes=max_bytes)
     if not isinstance(obj, dict):
         raise BadRequest("request body must be a JSON object")
     try:
-        return InferRequest.model_validate(obj)
+        req = InferRequest.model_validate(obj)
     except ValidationError as exc:
         raise BadRequest(_validation_message(exc)) from None
+    binary: dict[str, bytes] = {}
+    offset = 0
+    for inp in req.inputs:
+        size = inp.binary_size
+        if size is None:
+            continue
+        if inp.data is not _MISSING:
+            raise BadRequest(f"input '{_q(inp.name)}' has both data and binary_data_size")
+        if offset + size > len(tail):
+            raise BadRequest(f"input '{_q(inp.name)}': binary_data_size {size} runs past the end of the body")
+        binary[inp.name] = tail[offset:offset + size]
+        offset += size
+    if offset != len(tail):
+        raise BadRequest(f"the body holds {len(tail) - offset} bytes of binary data no input claims")
+    return ParsedRequest(req, binary)
 
 
 # --- tensor validation --------------------------------------------------------------------------
@@ -170,7 +263,44 @@ def _numeric_array(data: Any, spec: TensorSpec, name: str) -> np.ndarray:
     return arr
 
 
-def decode_input(inp: RequestInput, spec: TensorSpec, *, max_batch: int) -> Tensor:
+def _binary_strings(raw: bytes, n: int, name: str) -> list[str]:
+    """BYTES elements from the binary layout: each a 4-byte little-endian length, then its bytes."""
+    out, pos = [], 0
+    for i in range(n):
+        if pos + 4 > len(raw):
+            raise BadRequest(f"input '{name}' binary data ends before element {i}")
+        size = int.from_bytes(raw[pos:pos + 4], "little")
+        pos += 4
+        if pos + size > len(raw):
+            raise BadRequest(f"input '{name}' binary element {i} runs past its data")
+        try:
+            out.append(raw[pos:pos + size].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest(f"input '{name}' element {i} is not valid UTF-8") from None
+        pos += size
+    if pos != len(raw):
+        raise BadRequest(f"input '{name}' binary data holds more than its {n} elements")
+    return out
+
+
+def _binary_numbers(raw: bytes, spec: TensorSpec, n: int, name: str) -> np.ndarray:
+    dtype = np.dtype(NUMPY_DTYPES[spec.datatype]).newbyteorder("<")
+    if len(raw) != n * dtype.itemsize:
+        raise BadRequest(f"input '{name}' ({spec.datatype}) has {len(raw)} bytes of binary data, "
+                         f"expected {n * dtype.itemsize}")
+    if dtype.kind == "b":
+        flags = np.frombuffer(raw, np.uint8)
+        if flags.size and flags.max() > 1:
+            raise BadRequest(f"input '{name}' (BOOL) binary data must hold only 0 and 1")
+        return flags.astype(np.bool_)
+    arr = np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="))
+    if dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        raise BadRequest(f"input '{name}' ({spec.datatype}) holds NaN, Infinity or out-of-range values")
+    return arr
+
+
+def decode_input(inp: RequestInput, spec: TensorSpec, *, max_batch: int, binary: bytes | None = None,
+                 ) -> Tensor:
     name = _q(inp.name)
     if inp.datatype != spec.datatype:
         raise BadRequest(f"input '{name}' has datatype {inp.datatype}, expected {spec.datatype}")
@@ -182,6 +312,13 @@ def decode_input(inp: RequestInput, spec: TensorSpec, *, max_batch: int) -> Tens
         raise BadRequest(f"input '{name}' is an empty batch")
     if shape[0] > max_batch:
         raise PayloadTooLarge(f"batch of {shape[0]} rows exceeds the limit of {max_batch}")
+    if binary is not None:
+        if spec.datatype == "BYTES":
+            return Tensor(inp.name, "BYTES", tuple(shape), _binary_strings(binary, n, name))
+        arr = _binary_numbers(binary, spec, n, name)
+        return Tensor(inp.name, spec.datatype, tuple(shape), np.ascontiguousarray(arr.reshape(shape)))
+    if inp.data is _MISSING:
+        raise BadRequest(f"input '{name}' has no data (give data, or binary_data_size with binary data)")
     if spec.datatype == "BYTES":
         strings = _flatten_strings(inp.data, name)
         if len(strings) != n:
@@ -194,8 +331,10 @@ def decode_input(inp: RequestInput, spec: TensorSpec, *, max_batch: int) -> Tens
     return Tensor(inp.name, spec.datatype, tuple(shape), np.ascontiguousarray(arr.reshape(shape)))
 
 
-def decode_inputs(req: InferRequest, specs: Sequence[TensorSpec], *, max_batch: int) -> dict[str, Tensor]:
-    """Validate the request's inputs against the model's input specs (all required)."""
+def decode_inputs(req: InferRequest, specs: Sequence[TensorSpec], *, max_batch: int,
+                  binary: Mapping[str, bytes] | None = None) -> dict[str, Tensor]:
+    """Validate the request's inputs against the model's input specs (all required); `binary`: the raw
+    data of the binary inputs (ParsedRequest.binary)."""
     by_name = {s.name: s for s in specs}
     out: dict[str, Tensor] = {}
     for inp in req.inputs:
@@ -204,7 +343,8 @@ def decode_inputs(req: InferRequest, specs: Sequence[TensorSpec], *, max_batch: 
             raise BadRequest(f"unknown input '{_q(inp.name)}'; expected {sorted(by_name)}")
         if inp.name in out:
             raise BadRequest(f"input '{_q(inp.name)}' is given more than once")
-        out[inp.name] = decode_input(inp, spec, max_batch=max_batch)
+        out[inp.name] = decode_input(inp, spec, max_batch=max_batch,
+                                     binary=(binary or {}).get(inp.name))
     missing = [s.name for s in specs if s.name not in out]
     if missing:
         raise BadRequest(f"missing input '{missing[0]}'")
@@ -268,10 +408,27 @@ def _float_template(itemsize: int, n: int) -> str:
 
 @dataclass(frozen=True)
 class EncodedOutput:
-    """One OIP response output, already serialized: `json` is the complete {"name",...,"data"} object."""
+    """One OIP response output, already serialized: `json` is the complete {"name",...,"data"} object;
+    `value` is kept for the binary form (`binary()`), made only when a client asks for it."""
 
     name: str
     json: str
+    datatype: str = ""
+    value: Any = None
+
+    def binary(self) -> tuple[str, bytes]:
+        """(the output's JSON without data, with parameters.binary_data_size; its raw data)."""
+        if isinstance(self.value, np.ndarray):
+            dtype = self.value.dtype
+            raw = self.value.astype(dtype.newbyteorder("<"), copy=False).tobytes() if dtype.kind != "b" \
+                else self.value.astype(np.uint8).tobytes()
+            shape = ",".join(map(str, self.value.shape))
+        else:
+            encoded = [s.encode("utf-8", "surrogatepass") for s in self.value]
+            raw = b"".join(len(b).to_bytes(4, "little") + b for b in encoded)
+            shape = str(len(self.value))
+        return (f'{{"name":{_json_str(self.name)},"datatype":{_json_str(self.datatype)},"shape":[{shape}],'
+                f'"parameters":{{"binary_data_size":{len(raw)}}}}}', raw)
 
 
 def _json_numbers(values: np.ndarray) -> str:
@@ -295,15 +452,36 @@ def encode_output(name: str, datatype: str, value: np.ndarray | list[str]) -> En
     else:
         shape, data = str(len(value)), ",".join(map(_json_str, value))
     return EncodedOutput(name, f'{{"name":{_json_str(name)},"datatype":{_json_str(datatype)},'
-                               f'"shape":[{shape}],"data":[{data}]}}')
+                               f'"shape":[{shape}],"data":[{data}]}}', datatype, value)
 
 
 def infer_response(model_name: str, model_version: str, request_id: str | None,
                    outputs: Sequence[EncodedOutput], selected: tuple[str, ...] | None = None) -> str:
     """The serialized OIP inference response, honouring the client's `outputs` selection."""
+    body, _ = infer_response_parts(model_name, model_version, request_id, outputs, selected)
+    return body.decode() if isinstance(body, bytes) else body
+
+
+def infer_response_parts(model_name: str, model_version: str, request_id: str | None,
+                         outputs: Sequence[EncodedOutput], selected: tuple[str, ...] | None = None,
+                         binary: frozenset[str] = frozenset()) -> tuple[str | bytes, int | None]:
+    """The response body and, when any output is binary, the length of its JSON header (the value of
+    Inference-Header-Content-Length); the body is then bytes: JSON header + the binary outputs' data."""
     if selected is not None:
         by_name = {o.name: o for o in outputs}
         outputs = [by_name[n] for n in selected]
     rid = "" if request_id is None else f',"id":{_json_str(request_id)}'
-    return (f'{{"model_name":{_json_str(model_name)},"model_version":{_json_str(model_version)}{rid},'
-            f'"outputs":[{",".join(o.json for o in outputs)}]}}')
+    parts, raws = [], []
+    for o in outputs:
+        if o.name in binary:
+            head, raw = o.binary()
+            parts.append(head)
+            raws.append(raw)
+        else:
+            parts.append(o.json)
+    body = (f'{{"model_name":{_json_str(model_name)},"model_version":{_json_str(model_version)}{rid},'
+            f'"outputs":[{",".join(parts)}]}}')
+    if not raws:
+        return body, None
+    head = body.encode()
+    return head + b"".join(raws), len(head)

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Protocol
 from aws_lambda_powertools.metrics import MetricUnit
 
 from tenantml import SHARED_TENANT, __version__
-from tenantml.errors import ModelNotFound, ModelUnavailable, TenantMLError
+from tenantml.errors import BadRequest, ModelNotFound, ModelUnavailable, TenantMLError
 from tenantml.manifest import NAME_RE, TENANT_RE, VERSION_RE
 from tenantml.observability import logger, metrics
 from tenantml.registry import ArtifactStore, ModelSummary, ModelVersion, Registry
@@ -48,9 +48,10 @@ def _registry_errors() -> Iterator[None]:
 class Reply:
     """What an operation answers: a serialized JSON body, a status and extra headers."""
 
-    body: str
+    body: str | bytes              # bytes: a binary tensor data response
     status: int = 200
     headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
 
 
 class GpuBackend(Protocol):
@@ -84,7 +85,7 @@ class InferenceService:
 
     @staticmethod
     def server_metadata() -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+        return {"name": SERVER_NAME, "version": __version__, "extensions": [oip.BINARY_EXTENSION]}
 
     @staticmethod
     def live() -> dict[str, Any]:
@@ -130,16 +131,24 @@ class InferenceService:
 
     # --- inference -------------------------------------------------------------------------------
 
-    def infer(self, tenant: str, model: str, version: str | None, body: str | bytes | None) -> Reply:
+    def infer(self, tenant: str, model: str, version: str | None, body: str | bytes | None, *,
+              json_length: int | None = None) -> Reply:
+        """`json_length`: the Inference-Header-Content-Length header (binary tensor data extension)."""
         t0 = time.perf_counter()
-        request = oip.parse_infer_request(body, max_bytes=self.settings.max_body_bytes)
+        parsed = oip.parse_request(body, max_bytes=self.settings.max_body_bytes, json_length=json_length)
+        request = parsed.request
+        if request.model_name is not None and request.model_name != model:
+            raise BadRequest(f"model_name in the body ('{request.model_name[:64]}') does not match the "
+                             f"model in the path ('{model}')")
         mv = self.resolve(tenant, model, version)
         self._bind(mv)
         manifest = mv.manifest
         if manifest.backend == "gpu":
             return self.gpu.submit(tenant, mv, request)
-        tensors = oip.decode_inputs(request, manifest.inputs, max_batch=self.settings.max_batch)
+        tensors = oip.decode_inputs(request, manifest.inputs, max_batch=self.settings.max_batch,
+                                    binary=parsed.binary)
         selected = oip.requested_outputs(request, manifest.outputs)
+        binary = request.binary_outputs(selected or [s.name for s in manifest.outputs])
         rows = next(iter(tensors.values())).rows
 
         outputs = None
@@ -152,9 +161,13 @@ class InferenceService:
             outputs = [oip.encode_output(s.name, s.datatype, values[s.name]) for s in manifest.outputs]
             if self.predictions.enabled:
                 self.predictions.put(key, outputs)
-        reply = oip.infer_response(model, mv.version, request.id, outputs, selected)
+        body_out, header_length = oip.infer_response_parts(model, mv.version, request.id, outputs, selected,
+                                                           binary)
         self._record(mv, rows, hit if self.predictions.enabled else None, t0)
-        return Reply(reply)
+        if header_length is None:
+            return Reply(body_out)
+        return Reply(body_out, headers={oip.HEADER_LENGTH: str(header_length)},
+                     content_type="application/octet-stream")
 
     @staticmethod
     def _record(mv: ModelVersion, rows: int, cache_hit: bool | None, t0: float) -> None:
