@@ -88,3 +88,17 @@ def test_invoke_reports_a_failing_handler(project, tmp_path):
                           text=True, timeout=60, check=False)
     assert done.returncode == 1 and done.stdout == ""
     assert "broken raised RuntimeError" in done.stderr
+
+
+def test_models_list_and_token_work_from_any_folder_of_the_project_with_no_variables(project, client):
+    """No TENANTML_* or AWS_* variables (tenantml() strips them): the CLI finds the running platform
+    through the project's .tenantml/, from a subfolder too."""
+    sub = project / "some" / "subfolder"
+    sub.mkdir(parents=True, exist_ok=True)
+    listed = tenantml(sub, "models", "list", "--tenant", "acme")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
+    assert {"minilm-embed", "work-item-classifier", "project-risk"} <= set(rows)
+    minted = tenantml(sub, "token", "--tenant", "acme")
+    assert minted.returncode == 0, minted.stderr
+    assert client.get("/v2/models", token=minted.stdout.strip()).status == 200   # the platform trusts it

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tenantml.cli import main
-from tenantml.local import invoke as invoke_mod
+from tenantml.local import state as platform_state
 from tenantml.local.context import FunctionError, LambdaContext, LocalFunction
 from tenantml.resources import FUNCTIONS, FunctionDef
 from tenantml.settings import EnvPatch
@@ -39,6 +39,7 @@ def project(tmp_path: Path, monkeypatch) -> Path:
     (tmp_path / "event.json").write_text(json.dumps({"name": "acme"}))
     (tmp_path / "fail.json").write_text(json.dumps({"fail": True}))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(platform_state, "checkout_home", lambda: None)   # only this project counts
     monkeypatch.delenv("TENANTML_GREETING", raising=False)
     monkeypatch.delenv("TENANTML_FROM_STATE", raising=False)
     return tmp_path
@@ -85,7 +86,7 @@ def _state(project: Path) -> None:
 
 def test_invoke_uses_the_running_platforms_environment_and_env_overrides_it(project, capfd, monkeypatch):
     _state(project)
-    monkeypatch.setattr(invoke_mod, "emulator_answers", lambda url, timeout_s=1.0: True)
+    monkeypatch.setattr(platform_state, "emulator_answers", lambda url, timeout_s=1.0: True)
     assert main(["invoke", "hello", "event.json", "--env", "TENANTML_GREETING=cli"]) == 0
     result = json.loads(capfd.readouterr().out)
     assert result["state"] == "local-platform" and result["greeting"] == "cli"
@@ -93,14 +94,27 @@ def test_invoke_uses_the_running_platforms_environment_and_env_overrides_it(proj
 
 def test_invoke_ignores_a_stale_state_file(project, capfd, monkeypatch):
     _state(project)
-    monkeypatch.setattr(invoke_mod, "emulator_answers", lambda url, timeout_s=1.0: False)
+    monkeypatch.setattr(platform_state, "emulator_answers", lambda url, timeout_s=1.0: False)
     assert main(["invoke", "hello", "event.json"]) == 0
     out, err = capfd.readouterr()
     assert json.loads(out)["state"] is None and "stale" in err
 
 
+def test_invoking_a_function_that_needs_aws_without_a_platform_says_how_to_start_one(project, capfd,
+                                                                                    monkeypatch):
+    for key in ("TENANTML_REGISTRY_TABLE", "TENANTML_ARTIFACT_BUCKET"):
+        monkeypatch.delenv(key, raising=False)
+    registry = project / "functions" / "registry"
+    registry.mkdir()
+    (registry / "handler.py").write_text("def handler(event, context):\n    return {'statusCode': 500}\n")
+    assert main(["invoke", "registry", "event.json"]) == 1
+    out, err = capfd.readouterr()
+    assert out == "" and "registry needs TENANTML_ARTIFACT_BUCKET, TENANTML_REGISTRY_TABLE" in err
+    assert "make local" in err and "Traceback" not in err
+
+
 def test_emulator_answers_refuses_non_local_endpoints():
-    assert invoke_mod.emulator_answers("https://s3.amazonaws.com") is False
+    assert platform_state.emulator_answers("https://s3.amazonaws.com") is False
 
 
 # -- the Lambda-like environment -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from tenantml.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, EC_FILE, RSA_FILE, e
 from tenantml.auth.jwks import JwksCache, StaticJwksSource
 from tenantml.auth.verifier import TokenVerifier
 from tenantml.cli import build_parser, main
+from tenantml.local import state as platform_state
 from tenantml.settings import AuthSettings
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -145,31 +146,53 @@ def _verify_with_home_keys(tmp_path, token):
     return TokenVerifier(cache, issuer=DEV_ISSUER, audience=DEV_AUDIENCE).verify(token)
 
 
-def test_token_command_prints_only_the_token_with_default_scope(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project whose platform has run once (its dev keys exist); the tests work from a subfolder."""
+    ensure_dev_keys(tmp_path / ".tenantml" / "keys")
+    (tmp_path / "src" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "src" / "deep")
+    monkeypatch.setattr(platform_state, "checkout_home", lambda: None)   # only this project counts
+    return tmp_path
+
+
+def test_token_command_prints_only_the_token_with_default_scope(project, capsys):
     assert main(["token", "--tenant", "acme"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
     assert out.endswith("\n") and out.count("\n") == 1
-    claims = _verify_with_home_keys(tmp_path, out.strip())
+    claims = _verify_with_home_keys(project, out.strip())   # the keys found from a subfolder
     assert (claims.tenant_id, claims.sub, claims.scopes) == ("acme", "dev-user", frozenset({"models:read"}))
-    assert (tmp_path / ".tenantml" / "keys" / RSA_FILE).exists()
 
 
-def test_token_command_admin_scope_es256_custom_sub_and_ttl(tmp_path, monkeypatch, capsys):
+def test_token_command_never_mints_from_new_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(platform_state, "checkout_home", lambda: None)
+    assert main(["token", "--tenant", "acme"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "no dev keys" in err and "make local" in err and err.count("\n") == 1
+    assert not (tmp_path / ".tenantml").exists()
+    assert main(["token", "--tenant", "acme", "--keys", str(tmp_path / "nope")]) == 1
+    assert "no dev keys in" in capsys.readouterr().err
+
+
+def test_token_command_with_an_explicit_key_folder(project, tmp_path, capsys):
+    assert main(["token", "--tenant", "acme", "--keys", str(project / ".tenantml" / "keys")]) == 0
+    _verify_with_home_keys(project, capsys.readouterr().out.strip())
+
+
+def test_token_command_admin_scope_es256_custom_sub_and_ttl(project, capsys):
     args = build_parser().parse_args(["token", "--tenant", "globex", "--scope", "models:write",
                                       "--sub", "ops", "--ttl", "60", "--alg", "ES256"])
     assert token_command(args) == 0
     token = capsys.readouterr().out.strip()
-    claims = _verify_with_home_keys(tmp_path, token)
+    claims = _verify_with_home_keys(project, token)
     assert (claims.tenant_id, claims.sub, claims.scopes) == ("globex", "ops", frozenset({"models:write"}))
     assert jwt.get_unverified_header(token)["alg"] == "ES256"
     assert claims.raw["exp"] - claims.raw["iat"] == 60
 
 
-def test_token_command_refuses_the_shared_tenant(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
+def test_token_command_refuses_the_shared_tenant(project, capsys):
     assert main(["token", "--tenant", "_shared"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "_shared" in err

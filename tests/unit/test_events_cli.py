@@ -11,7 +11,7 @@ import pytest
 
 from tenantml import resources
 from tenantml.cli import main
-from tenantml.local import invoke as invoke_mod
+from tenantml.local import state as platform_state
 
 TICK = resources.FunctionDef("ticker", "test", triggers=(  # type: ignore[arg-type]
     resources.ScheduleTrigger("tick", "rate(1 hour)"),))
@@ -29,6 +29,7 @@ def project(tmp_path: Path, monkeypatch) -> Path:
                     "schedule": event["resources"][0], "env": os.environ.get("TENANTML_FOR_TICKER")}
     """))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(platform_state, "checkout_home", lambda: None)   # only this project counts
     monkeypatch.setattr(resources, "FUNCTIONS", (*resources.FUNCTIONS, TICK))
     return tmp_path
 
@@ -39,7 +40,7 @@ def _running(project: Path, monkeypatch) -> None:
              "functions": {"ticker": {"env": {"TENANTML_FOR_TICKER": "yes"}}}}
     (project / ".tenantml").mkdir()
     (project / ".tenantml" / "local.json").write_text(json.dumps(state))
-    monkeypatch.setattr(invoke_mod, "emulator_answers", lambda url, timeout_s=1.0: True)
+    monkeypatch.setattr(platform_state, "emulator_answers", lambda url, timeout_s=1.0: True)
 
 
 def test_list_prints_triggers_and_events(capsys):
@@ -62,7 +63,7 @@ def test_fire_runs_the_target_with_the_scheduler_envelope(project, monkeypatch, 
 @pytest.mark.parametrize(("argv", "rc", "message"), [
     (["events", "fire", "nope"], 2, "no schedule 'nope'; declared: tick"),
     (["events", "fire", "tick", "--time", "yesterday"], 2, "--time must be ISO 8601"),
-    (["events", "fire", "tick"], 1, "no local platform is running here"),
+    (["events", "fire", "tick"], 1, "no local platform is running; start the local platform with"),
 ])
 def test_fire_errors_are_one_line(project, capsys, argv, rc, message):
     assert main(argv) == rc

@@ -29,6 +29,7 @@ def build(folder, files=FILES, name="project-risk", **kw):
 def fakes(monkeypatch):
     registry, store = MemoryRegistry(), MemoryArtifactStore()
     monkeypatch.setattr(registry_cli, "_clients", lambda: (registry, store))
+    monkeypatch.setenv("TENANTML_REGISTRY_TABLE", "a-deployed-table")   # as pointed at a deployed platform
     return registry, store
 
 
@@ -101,15 +102,20 @@ def test_cli_reports_errors_on_stderr_with_a_nonzero_exit(tmp_path, fakes, capsy
     assert "no models" in capsys.readouterr().out
 
 
-def test_cli_without_settings_says_what_to_set(tmp_path, monkeypatch, capsys):
+def test_cli_without_settings_or_a_platform_says_how_to_start_one(tmp_path, monkeypatch, capsys):
+    from tenantml.local import state as platform_state
+
     monkeypatch.delenv("TENANTML_ARTIFACT_BUCKET", raising=False)
     monkeypatch.delenv("TENANTML_REGISTRY_TABLE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(platform_state, "checkout_home", lambda: None)
     reset_settings()
     try:
         assert cli.main(["models", "list", "--tenant", "acme"]) == 2
     finally:
         reset_settings()
-    assert "TENANTML_REGISTRY_TABLE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "make local" in err and "TENANTML_REGISTRY_TABLE" in err
 
 
 def test_format_models_aligns_columns():

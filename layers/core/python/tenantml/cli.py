@@ -55,10 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     # token -------------------------------------------------------------------------------------
     t = sub.add_parser("token", help="mint a dev JWT signed by the local dev key")
     t.add_argument("--tenant", required=True)
-    t.add_argument("--scope", action="append", default=None, help="scope to grant (repeatable)")
+    t.add_argument("--scope", action="append", default=None,
+                   help="scope to grant (repeatable; default: models:read). Others: models:write (admin "
+                        "API), models:admin (with models:write: shared models)")
     t.add_argument("--sub", default="dev-user", help="subject (default: %(default)s)")
     t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: %(default)s)")
     t.add_argument("--alg", choices=["RS256", "ES256"], default="RS256")
+    t.add_argument("--keys", default=None, metavar="DIR",
+                   help="dev key folder (default: .tenantml/keys of this project, found from the working "
+                        "directory upwards, else of the tenantml checkout)")
     t.set_defaults(func=_lazy("tenantml.auth.devkeys:token_command"))
 
     # local -------------------------------------------------------------------------------------
@@ -87,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     inv = sub.add_parser("invoke",
                          help="run one function handler with an event file (sam local invoke, no Docker)")
     inv.add_argument("function", help="authorizer, inference, registry or publisher")
-    inv.add_argument("event", help="event JSON file, e.g. events/inference-infer.json")
+    inv.add_argument("event", help="event JSON file, e.g. events/inference-infer-embed.json")
     inv.add_argument("--env", action="append", default=None, metavar="KEY=VALUE",
                      help="extra environment for the function (repeatable)")
     inv.set_defaults(func=_lazy("tenantml.local.invoke:invoke_command"))

@@ -148,8 +148,23 @@ def ensure_dev_keys(home: Path = DEFAULT_HOME) -> DevKeys:
 
 
 def token_command(args: argparse.Namespace) -> int:
-    """`tenantml token --tenant acme [--scope S ...] [--sub] [--ttl] [--alg]`: print only the token."""
-    keys = ensure_dev_keys()
+    """`tenantml token --tenant acme [--scope S ...] [--sub] [--ttl] [--alg] [--keys DIR]`: print only
+    the token, signed by the dev keys the local platform trusts: those of `--keys`, else of the project's
+    home (`.tenantml/keys` from the working directory upwards, else the checkout's). Never new keys: a
+    token from keys the running platform does not know would only be refused."""
+    from tenantml.local import state as platform_state  # noqa: PLC0415
+
+    if args.keys:
+        home = Path(args.keys)
+    else:
+        found = platform_state.find_home()
+        home = found / platform_state.KEYS_NAME if found else Path("<none>")
+    if not ((home / RSA_FILE).is_file() and (home / EC_FILE).is_file()):
+        where = f"in {home}" if args.keys else "in .tenantml/keys here, above or in the tenantml checkout"
+        print(f"tenantml token: no dev keys {where}; {platform_state.START_HINT} once (it creates them), "
+              "or pass --keys DIR", file=sys.stderr)
+        return 1
+    keys = ensure_dev_keys(home)
     scopes = args.scope or list(DEFAULT_SCOPES)
     try:
         token = keys.mint(args.tenant, scopes, sub=args.sub, ttl=args.ttl, alg=args.alg)

@@ -478,8 +478,8 @@ def list_command(args: Any) -> int:
 def fire_command(args: Any) -> int:
     """Fire a declared schedule once against the running local platform: its function runs here, with
     that platform's environment and the envelope EventBridge Scheduler sends (like `tenantml invoke`)."""
+    from tenantml.local import state as platform_state  # noqa: PLC0415
     from tenantml.local.context import handler_path  # noqa: PLC0415
-    from tenantml.local.invoke import local_environment, read_state  # noqa: PLC0415
     from tenantml.settings import EnvPatch  # noqa: PLC0415
 
     targets = {t.id: d for d in resources.FUNCTIONS for t in d.triggers_of("schedule")}
@@ -493,13 +493,13 @@ def fire_command(args: Any) -> int:
     except ValueError:
         print(f"tenantml events fire: --time must be ISO 8601, got {args.time!r}", file=sys.stderr)
         return 2
-    state = read_state()
+    state = platform_state.running_state()
     d = targets[args.schedule]
-    env = local_environment(state, d.name)
-    if not env:
-        print("tenantml events fire: no local platform is running here; start it with `make local`",
+    if state is None:
+        print(f"tenantml events fire: no local platform is running; {platform_state.START_HINT}",
               file=sys.stderr)
         return 1
+    env = platform_state.function_environment(state, d.name)
     prefix = resources.LOCAL_PREFIX
     event = schedule_event(env.get("AWS_REGION", "us-east-1"), f"{prefix}-{args.schedule}", scheduled)
     fn = LocalFunction(d, handler_path(d.name))

@@ -18,17 +18,16 @@ import os
 import re
 import sys
 import traceback
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from tenantml import resources
+from tenantml.local import state as platform_state
 from tenantml.local.context import FunctionError, FunctionTimeout, LocalFunction, handler_path
 from tenantml.settings import EnvPatch
 
-STATE_FILE = Path(".tenantml/local.json")
+STATE_FILE = Path(platform_state.HOME) / platform_state.STATE_NAME   # relative to the project's home
 FUNCTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
@@ -42,37 +41,21 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def read_state(path: Path = STATE_FILE) -> dict[str, Any] | None:
-    """The local platform's state file, or None if there is none (or it is unreadable)."""
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) and isinstance(state.get("functions"), dict) else None
-
-
-def emulator_answers(endpoint_url: str, timeout_s: float = 1.0) -> bool:
-    """Is the local platform's AWS emulator up? (A state file outlives the platform.)"""
-    if not endpoint_url.startswith("http://127.0.0.1:") and not endpoint_url.startswith("http://localhost:"):
-        return False
-    try:
-        with urllib.request.urlopen(f"{endpoint_url}/moto-api/data.json", timeout=timeout_s):  # noqa: S310
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def local_environment(state: dict[str, Any] | None, function: str) -> dict[str, str]:
     """The running platform's process environment plus `function`'s own variables ({} if none runs)."""
     if state is None:
         return {}
     endpoint = str(state.get("moto", {}).get("endpoint_url", ""))
-    if not emulator_answers(endpoint):
-        print(f"tenantml invoke: {STATE_FILE} is stale (no AWS emulator at {endpoint or '?'}); "
-              "not using the local platform's environment. Start it with `tenantml local`.", file=sys.stderr)
+    if not platform_state.emulator_answers(endpoint):
+        print(f"tenantml invoke: the local platform's state file is stale (no AWS emulator at "
+              f"{endpoint or '?'}); not using it. {platform_state.START_HINT[0].upper()}"
+              f"{platform_state.START_HINT[1:]}.", file=sys.stderr)
         return {}
-    own = (state["functions"].get(function) or {}).get("env") or {}
-    return {str(k): str(v) for k, v in {**(state.get("process_env") or {}), **own}.items()}
+    return platform_state.function_environment(state, function)
+
+
+def missing_variables(fn: resources.FunctionDef, env: dict[str, str]) -> list[str]:
+    return sorted(k for k, required in fn.variables.items() if required and not env.get(k))
 
 
 def function_def(name: str) -> resources.FunctionDef:
@@ -125,7 +108,12 @@ def invoke_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"tenantml invoke: cannot read event {args.event}: {exc}", file=sys.stderr)
         return 2
-    env = {**local_environment(read_state(), args.function), **extra}
+    env = {**local_environment(platform_state.read_state(), args.function), **extra}
+    missing = missing_variables(function_def(args.function), {**os.environ, **env})
+    if missing:
+        print(f"tenantml invoke: {args.function} needs {', '.join(missing)}: {platform_state.START_HINT} "
+              "(invoke then uses its resources), or pass them with --env", file=sys.stderr)
+        return 1
     try:
         result = run(args.function, event, env)
     except FunctionTimeout:

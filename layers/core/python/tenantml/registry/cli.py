@@ -10,9 +10,10 @@ TENANTML_ENDPOINT_URL). `register_folder` is the same flow without settings, for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -67,6 +68,28 @@ def register_folder(path: str | Path, tenant: str, registry: ModelRegistry, stor
                             aliases=aliases)
 
 
+class NoPlatform(Exception):
+    """Neither TENANTML_* variables nor a running local platform say where the registry is."""
+
+
+@contextlib.contextmanager
+def _target() -> Iterator[None]:
+    """Where the registry is: the TENANTML_* variables if set (a deployed platform), else the running
+    local platform (its registry function's environment), else NoPlatform."""
+    from tenantml.local import state as platform_state  # noqa: PLC0415
+    from tenantml.settings import EnvPatch, current_environ  # noqa: PLC0415
+
+    if current_environ().get("TENANTML_REGISTRY_TABLE"):
+        yield
+        return
+    state = platform_state.running_state()
+    if state is None:
+        raise NoPlatform(f"no registry to talk to: {platform_state.START_HINT}, or set "
+                         "TENANTML_REGISTRY_TABLE and TENANTML_ARTIFACT_BUCKET for a deployed platform")
+    with EnvPatch(platform_state.function_environment(state, "registry")):
+        yield
+
+
 def _clients():
     from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
     from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415
@@ -83,8 +106,20 @@ def _actor() -> str:
         return "cli"
 
 
+def _aws_errors() -> tuple[type[Exception], ...]:
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+    return BotoCoreError, ClientError
+
+
 def _fail(exc: Exception, err: TextIO | None) -> int:
     err = err or sys.stderr
+    if isinstance(exc, _aws_errors()):
+        print(f"error: the AWS call failed ({type(exc).__name__}: {exc})", file=err)
+        return 1
+    if isinstance(exc, NoPlatform):
+        print(f"error: {exc}", file=err)
+        return 2
     if isinstance(exc, ValidationError):
         print("error: set TENANTML_ARTIFACT_BUCKET and TENANTML_REGISTRY_TABLE (and TENANTML_ENDPOINT_URL "
               "in local mode)", file=err)
@@ -97,10 +132,11 @@ def _fail(exc: Exception, err: TextIO | None) -> int:
 def register_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     aliases = tuple(args.alias) if args.alias else (PRODUCTION_ALIAS,)
     try:
-        registry, store = _clients()
-        registered = register_folder(args.path, args.tenant, registry, store, model=args.model,
-                                     version=args.version, aliases=aliases, actor=_actor())
-    except (TenantMLError, ValidationError) as exc:
+        with _target():
+            registry, store = _clients()
+            registered = register_folder(args.path, args.tenant, registry, store, model=args.model,
+                                         version=args.version, aliases=aliases, actor=_actor())
+    except (TenantMLError, ValidationError, NoPlatform, *_aws_errors()) as exc:
         return _fail(exc, err)
     print(f"registered {registered.owner}/{registered.model} version {registered.version} "
           f"(aliases: {', '.join(aliases)})", file=out or sys.stdout)
@@ -121,9 +157,10 @@ def format_models(models: Sequence[ModelSummary], tenant: str) -> str:
 
 def list_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     try:
-        registry, _ = _clients()
-        models = registry.list_models(args.tenant)
-    except (TenantMLError, ValidationError) as exc:
+        with _target():
+            registry, _ = _clients()
+            models = registry.list_models(args.tenant)
+    except (TenantMLError, ValidationError, NoPlatform, *_aws_errors()) as exc:
         return _fail(exc, err)
     if not models:
         print(f"no models for tenant {args.tenant}", file=out or sys.stdout)
