@@ -381,6 +381,21 @@ class CategoricalAccumulator:
         if cats.size == 0:
             return
         uniq, counts = np.unique(cats, return_counts=True)
+        self._add(uniq, counts)
+
+    def update_codes(self, codes: np.ndarray, categories: Sequence[str]) -> None:
+        """A chunk given as integer codes into `categories` (a capture frame's categorical column):
+        one bincount instead of one string per row."""
+        counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(categories))
+        keep = counts > 0
+        self._add(np.asarray(categories, dtype=str)[keep], counts[keep])
+
+    def _add(self, uniq: np.ndarray, counts: np.ndarray) -> None:
+        """Counts of distinct category names."""
+        if uniq.size == 0:
+            return
+        order = np.argsort(uniq, kind="stable")
+        uniq, counts = uniq[order], counts[order]
         pos = np.minimum(np.searchsorted(self._sorted, uniq), self._sorted.size - 1)
         hit = self._sorted[pos] == uniq
         self._counts[self._order[pos[hit]]] += counts[hit]     # uniq has no repeats: plain += is exact
