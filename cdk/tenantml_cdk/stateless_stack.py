@@ -13,7 +13,7 @@ from tenantml import resources
 from tenantml.settings import variable
 from tenantml_cdk.bundling import repo_root
 from tenantml_cdk.config import AppConfig
-from tenantml_cdk.constructs.access import PublisherAccess, RegistryAccess, ServingAccess
+from tenantml_cdk.constructs.access import DriftAccess, PublisherAccess, RegistryAccess, ServingAccess
 from tenantml_cdk.constructs.api import PlatformApi
 from tenantml_cdk.constructs.functions import FunctionFactory, PlatformFunction
 from tenantml_cdk.constructs.layers import PlatformLayers
@@ -45,6 +45,8 @@ class StatelessStack(cdk.Stack):
         ServingAccess(self, "ServingAccess", function=self.functions["inference"], data=data)
         RegistryAccess(self, "RegistryAccess", function=self.functions["registry"], data=data)
         PublisherAccess(self, "PublisherAccess", function=self.functions["publisher"], data=data)
+        DriftAccess(self, "DriftAccess", scheduler=self.functions["drift_scheduler"],
+                    worker=self.functions["drift_worker"], data=data)
 
         self.api = PlatformApi(self, "Api", config=config, routes=resources.ROUTES,
                                targets={n: f.invoke_target for n, f in self.functions.items()},
@@ -74,6 +76,7 @@ def platform_values(config: AppConfig, data: PlatformData) -> dict[str, str]:
         variable("registry_table"): data.registry_table.table_name,
         variable("idempotency_table"): data.tables[resources.IDEMPOTENCY_TABLE.id].table_name,
         variable("event_bus_name"): data.event_bus.event_bus_name,
+        **{variable(q.setting): data.queues[q.id].queue_name for q in resources.QUEUES if q.setting},
         # Lambda's Active tracing records every invocation; SDK subsegments are opt-in (cold start cost).
         variable("tracing"): "true" if config.sdk_tracing else "false",
     }

@@ -10,13 +10,16 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tenantml.api.registry_routes import create_app
+from tenantml.aws import client
+from tenantml.monitoring.jobs import ReportIndex
 from tenantml.observability import logger
 from tenantml.registry.service import RegistrationService
 from tenantml.settings import get_aws_settings, get_registry_settings
 
 settings = get_registry_settings()
-service = RegistrationService.from_settings(settings, get_aws_settings())
-app = create_app(service)
+aws = get_aws_settings()
+service = RegistrationService.from_settings(settings, aws)
+app = create_app(service, ReportIndex(client("s3", aws), settings.artifact_bucket))
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -102,3 +102,44 @@ def test_models_list_and_token_work_from_any_folder_of_the_project_with_no_varia
     minted = tenantml(sub, "token", "--tenant", "acme")
     assert minted.returncode == 0, minted.stderr
     assert client.get("/v2/models", token=minted.stdout.strip()).status == 200   # the platform trusts it
+
+
+def test_drift_run_and_report_against_the_running_platform(project, platform, client):
+    """A model registered with a baseline through the admin API, shifted capture frames in its window,
+    then `tenantml drift run` (the worker, here) and `tenantml drift report`, with no variables set."""
+    import base64
+    from datetime import UTC, datetime, timedelta
+
+    import boto3
+    import numpy as np
+    import serving_models as sm
+
+    from tenantml.monitoring import build_baseline
+    from tenantml.monitoring.capture import encode_frame, frame_key
+
+    rng = np.random.default_rng(0)
+    v = sm.tabular_version(owner="acme", name="e2e-drift-risk")
+    baseline = build_baseline({"velocity": rng.normal(20, 5, 5000)}).model_dump_json().encode()
+    artifacts = {**v.artifacts, "baseline.json": baseline}
+    manifest = json.loads(v.manifest.model_dump_json())
+    manifest["files"]["baseline.json"] = {"sha256": __import__("hashlib").sha256(baseline).hexdigest(),
+                                          "size": len(baseline)}
+    body = {"manifest": manifest, "aliases": ["production"],
+            "files": {n: base64.b64encode(d).decode() for n, d in artifacts.items()}}
+    token = platform.token("acme", ["models:write"])
+    created = client.post("/admin/models/e2e-drift-risk/versions", token=token, body=body)
+    assert created.status == 201, created.body
+    frame = encode_frame("acme", "e2e-drift-risk", "1", numeric={"velocity": rng.normal(30, 5, 3000)})
+    boto3.client("s3", endpoint_url=platform.aws.endpoint_url, region_name=platform.aws.region).put_object(
+        Bucket=platform.names.buckets["artifacts"], Body=frame,
+        Key=frame_key("acme", "e2e-drift-risk", "1", datetime.now(UTC) - timedelta(minutes=5)))
+
+    ran = tenantml(project, "drift", "run", "--tenant", "acme", "--model", "e2e-drift-risk")
+    assert ran.returncode == 0, ran.stderr
+    assert "version 1: drift (DriftDetected published)" in ran.stdout
+    html = Path(ran.stdout.split("report: ")[1].splitlines()[0].strip())
+    assert html.is_file() and "<svg" in html.read_text() and "velocity" in html.read_text()
+    listed = tenantml(project, "drift", "report", "--tenant", "acme", "--model", "e2e-drift-risk")
+    assert listed.returncode == 0 and "drift" in listed.stdout and "1 of 1 features drifted" in listed.stdout
+    latest = client.get("/admin/models/e2e-drift-risk/drift", token=token).json()["reports"][0]
+    assert latest["verdict"] == "drift"

@@ -103,7 +103,7 @@ def test_sam_local_declares_overridable_placeholders_only_when_asked():
 
 class _Named:
     def __init__(self, name: str) -> None:
-        self.bucket_name = self.table_name = self.event_bus_name = name
+        self.bucket_name = self.table_name = self.event_bus_name = self.queue_name = name
 
 
 class _FakeData:
@@ -113,3 +113,4 @@ class _FakeData:
     registry_table = _Named("registry")
     event_bus = _Named("bus")
     tables = {resources.IDEMPOTENCY_TABLE.id: _Named("idempotency")}
+    queues = {q.id: _Named(q.id) for q in resources.QUEUES}

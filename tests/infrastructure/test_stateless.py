@@ -150,15 +150,26 @@ def test_only_the_registry_function_writes(stateless):
         assert not [a for a in actions(_statements(stateless, name)) if WRITE_ACTION.match(a)]
 
 
-@pytest.mark.parametrize("name", ["inference", "registry"])
-def test_object_access_is_scoped_to_the_models_prefix(stateless, name):
+# Which prefixes of the artifact bucket each function may read or write objects under.
+OBJECT_PREFIXES = {
+    "inference": {"/models/*"},
+    "registry": {"/models/*", "/reports/*"},       # reports: GET /admin/models/{model}/drift
+    "drift_scheduler": {"/capture/*"},
+    "drift_worker": {"/capture/*", "/models/*", "/reports/*"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OBJECT_PREFIXES))
+def test_object_access_is_scoped_to_its_prefixes(stateless, name):
     object_statements = [s for s in _statements(stateless, name)
                          if any(a.startswith(("s3:GetObject", "s3:PutObject")) for a in as_list(s["Action"]))]
     assert object_statements
+    seen = set()
     for statement in object_statements:
         for resource in as_list(statement["Resource"]):
             if isinstance(resource, dict) and "Fn::Join" in resource:
-                assert resource["Fn::Join"][1][-1] == f"/{resources.ARTIFACT_PREFIX}/*"
+                seen.add(resource["Fn::Join"][1][-1])
+    assert seen == OBJECT_PREFIXES[name]
 
 
 # --- REST API ----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_lambda_event_sources as sources
@@ -34,8 +35,9 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from tenantml import resources
-from tenantml_cdk.constructs.functions import PlatformFunction
+from tenantml_cdk.constructs.functions import PlatformFunction, function_id
 from tenantml_cdk.constructs.storage import pascal
+from tenantml_cdk.nag import acknowledge
 
 
 def schedule_input(account: str, region: str) -> scheduler.ScheduleTargetInput:
@@ -50,6 +52,13 @@ def schedule_input(account: str, region: str) -> scheduler.ScheduleTargetInput:
 
 
 class EventTriggers(Construct):
+    @property
+    def scheduler_role(self) -> iam.Role:
+        """One role for every schedule, made on first use (so a stack without schedules has none)."""
+        if self._scheduler_role is None:
+            self._scheduler_role = _scheduler_role(self)
+        return self._scheduler_role
+
     def __init__(self, scope: Construct, construct_id: str, *,
                  functions: Mapping[str, PlatformFunction], tables: Mapping[str, dynamodb.ITable],
                  queues: Mapping[str, sqs.IQueue], dead_letter_queues: Mapping[str, sqs.IQueue],
@@ -58,6 +67,7 @@ class EventTriggers(Construct):
         super().__init__(scope, construct_id)
         self.schedules: dict[str, scheduler.Schedule] = {}
         self.rules: dict[str, events.Rule] = {}
+        self._scheduler_role: iam.Role | None = None
         for d in definitions:
             fn = functions[d.name]
             target = fn.invoke_target
@@ -75,13 +85,16 @@ class EventTriggers(Construct):
                         max_batching_window=Duration.seconds(t.batching_window_s)
                         if t.batching_window_s else None))
                 elif isinstance(t, resources.ScheduleTrigger):
+                    acknowledge(self.scheduler_role, f"AwsSolutions-IAM5[Resource::<{function_id(d)}.Arn>:*]",
+                                "grant_invoke covers the scheduled function and its versions/aliases "
+                                "(Arn:*), so a schedule can invoke a published version; nothing else.")
                     self.schedules[t.id] = scheduler.Schedule(
                         self, f"{name}Schedule",
                         schedule=scheduler.ScheduleExpression.expression(t.expression),
                         description=t.description or f"tenantml {d.name}: {t.id}",
                         target=scheduler_targets.LambdaInvoke(
                             target, input=schedule_input(Stack.of(self).account, Stack.of(self).region),
-                            dead_letter_queue=failures,
+                            role=self.scheduler_role, dead_letter_queue=failures,
                             retry_attempts=resources.ASYNC_RETRY_ATTEMPTS, max_event_age=Duration.hours(6)))
                 elif isinstance(t, resources.RuleTrigger):
                     bus = event_bus if t.bus == "platform" else events.EventBus.from_event_bus_name(
@@ -109,6 +122,12 @@ class EventTriggers(Construct):
                              treat_missing_data=cw.TreatMissingData.NOT_BREACHING)
             if alarm_topic is not None:
                 alarm.add_alarm_action(cw_actions.SnsAction(alarm_topic))
+
+
+def _scheduler_role(scope: Construct) -> iam.Role:
+    role = iam.Role(scope, "SchedulerRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
+                    description="tenantml: EventBridge Scheduler invokes the scheduled functions")
+    return role
 
 
 def _pattern(pattern: Mapping[str, object]) -> events.EventPattern:

@@ -88,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "duplicate delivery, which idempotent consumers run once")
     ef.set_defaults(func=_lazy("tenantml.local.events:fire_command"))
 
+    # drift -------------------------------------------------------------------------------------
+    dr = sub.add_parser("drift", help="drift checks: run one now, list reports")
+    drsub = dr.add_subparsers(dest="drift_verb", required=True, metavar="VERB")
+    drr = drsub.add_parser("report", help="the latest drift report summaries of a tenant's model")
+    drr.add_argument("--tenant", required=True)
+    drr.add_argument("--model", required=True)
+    drr.add_argument("--limit", type=int, default=10)
+    drr.set_defaults(func=_lazy("tenantml.monitoring.cli:report_command"))
+    drn = drsub.add_parser("run", help="check a tenant's model over the last window now; prints where the "
+                                       "HTML report is")
+    drn.add_argument("--tenant", required=True)
+    drn.add_argument("--model", required=True)
+    drn.add_argument("--version", default=None, help="default: the version the tenant resolves")
+    drn.add_argument("--minutes", type=int, default=60, help="window length (default: %(default)s)")
+    drn.set_defaults(func=_lazy("tenantml.monitoring.cli:run_command"))
+
     # invoke ------------------------------------------------------------------------------------
     inv = sub.add_parser("invoke",
                          help="run one function handler with an event file (sam local invoke, no Docker)")
@@ -103,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--iterations", type=int, default=200)
     be.add_argument("--json", dest="json_out", default=None, help="also write the figures as JSON here")
     be.set_defaults(func=_lazy("tenantml.bench:bench_command"))
+    besub = be.add_subparsers(dest="bench_verb", required=False, metavar="VERB")
+    bd = besub.add_parser("drift", help="drift statistics: tenantml (arrays, and end to end from capture "
+                                        "frames) vs scipy.stats vs Evidently, time and peak memory")
+    bd.add_argument("--rows", default="100000,1000000",
+                    help="window sizes, comma-separated (default: %(default)s; add 10000000 for the 10M run)")
+    bd.add_argument("--reference-rows", type=int, default=100_000)
+    bd.add_argument("--no-evidently", action="store_true", help="skip Evidently even if it is installed")
+    bd.add_argument("--json", dest="json_out", default=None, help="also write the figures as JSON here")
+    bd.set_defaults(func=_lazy("tenantml.monitoring.bench:drift_bench_command"))
     return p
 
 

@@ -19,10 +19,14 @@ from tenantml import events
 from tenantml.settings import (
     AuthSettings,
     AwsSettings,
+    DriftSchedulerSettings,
+    DriftSettings,
+    IdempotencySettings,
     ObservabilitySettings,
     PublisherSettings,
     RegistrySettings,
     ServingSettings,
+    variable,
 )
 
 AttrType = Literal["S", "N", "B"]
@@ -108,6 +112,7 @@ class QueueDef:
     id: str
     purpose: str
     max_receive_count: int = MIN_RECEIVE_COUNT
+    setting: str | None = None      # the settings field producers read the queue's name from
 
     def __post_init__(self) -> None:
         if self.max_receive_count < MIN_RECEIVE_COUNT:
@@ -206,7 +211,8 @@ ASYNC_KINDS = frozenset({"schedule", "rule", "stream"})   # these get a failure 
 # variable they read is declared, the required ones must be given. `function_environment` computes it,
 # for the CDK app and for local mode alike.
 
-FunctionName = Literal["authorizer", "inference", "registry", "publisher"]
+FunctionName = Literal["authorizer", "inference", "registry", "publisher", "drift_scheduler",
+                       "drift_worker"]
 API_TIMEOUT_S = 29      # API Gateway's integration timeout: an HTTP function never needs longer
 
 
@@ -251,9 +257,21 @@ FUNCTIONS: tuple[FunctionDef, ...] = (
     FunctionDef("publisher", "publish each committed registry change (audit record) on the event bus",
                 (PublisherSettings, AwsSettings), memory_mb=256, timeout_s=60,
                 triggers=(StreamTrigger(table="registry", filter=AUDIT_RECORDS),)),
+    FunctionDef("drift_scheduler", "enumerate the (tenant, model, version) targets with captured traffic in "
+                "the last window; one drift job each",
+                (DriftSchedulerSettings, IdempotencySettings, AwsSettings),
+                memory_mb=256, timeout_s=120,
+                triggers=(ScheduleTrigger("drift", "rate(1 hour)", "hourly drift checks"),)),
+    FunctionDef("drift_worker", "stream a window's capture against the version's baseline; JSON + HTML "
+                "report, metrics, DriftDetected",
+                (DriftSettings, RegistrySettings, PublisherSettings, AwsSettings),
+                memory_mb=1024, timeout_s=300, triggers=(SqsTrigger("drift-jobs", batch_size=5),)),
 )
 
-QUEUES: tuple[QueueDef, ...] = ()   # queues consumed by SqsTriggers (the drift and GPU jobs add theirs)
+QUEUES: tuple[QueueDef, ...] = (
+    QueueDef("drift-jobs", "one drift check per (tenant, model, version) and window",
+             setting="drift_queue_name"),
+)
 
 # Deployment differences, the only ones: on AWS the authorizer fetches the JWKS from a URL and Lambda
 # sets AWS_REGION; locally the JWKS is inline (the dev keys) and every SDK call goes to the emulator.
@@ -352,6 +370,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/models/{model}/versions", "registry", scope=WRITE_SCOPE),
     Route("PUT", "/admin/models/{model}/aliases/{alias}", "registry", scope=WRITE_SCOPE),
     Route("GET", "/admin/audit", "registry", scope=WRITE_SCOPE),
+    Route("GET", "/admin/models/{model}/drift", "registry", scope=WRITE_SCOPE),
 )
 
 LOCAL_PREFIX = "tenantml-local"
@@ -376,6 +395,8 @@ EVENTS: tuple[EventDef, ...] = (
     EventDef("ModelVersionRegistered", events.ModelVersionRegistered, "publisher",
              "a model version was registered"),
     EventDef("AliasChanged", events.AliasChanged, "publisher", "an alias was pointed at another version"),
+    EventDef("DriftDetected", events.DriftDetected, "drift_worker",
+             "a drift check found data, prediction or accuracy drift"),
 )
 
 validate()
@@ -404,4 +425,5 @@ class LocalNames:
             "TENANTML_REGISTRY_TABLE": self.tables[REGISTRY_TABLE.id],
             "TENANTML_EVENT_BUS_NAME": self.event_bus,
             "TENANTML_IDEMPOTENCY_TABLE": self.tables[IDEMPOTENCY_TABLE.id],
+            **{variable(q.setting): q.local_name(self.prefix) for q in QUEUES if q.setting},
         }

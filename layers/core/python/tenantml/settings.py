@@ -145,6 +145,21 @@ class IdempotencySettings(_Settings):
     idempotency_table: str
 
 
+class DriftSettings(_Settings):
+    """The drift worker: where capture, baselines and reports live; the smallest window judged."""
+
+    artifact_bucket: str
+    drift_min_samples: int = Field(default=200, ge=1)
+
+
+class DriftSchedulerSettings(_Settings):
+    """The drift scheduler: where capture lives, the job queue, the window each run covers."""
+
+    artifact_bucket: str
+    drift_queue_name: str
+    drift_window_minutes: int = Field(default=60, ge=5, le=7 * 24 * 60)
+
+
 class PublisherSettings(_Settings):
     """The outbox publisher: the platform's EventBridge bus."""
 
@@ -191,6 +206,14 @@ def get_serving_settings() -> ServingSettings:
 
 def get_idempotency_settings() -> IdempotencySettings:
     return get_settings(IdempotencySettings)
+
+
+def get_drift_settings() -> DriftSettings:
+    return get_settings(DriftSettings)
+
+
+def get_drift_scheduler_settings() -> DriftSchedulerSettings:
+    return get_settings(DriftSchedulerSettings)
 
 
 def get_publisher_settings() -> PublisherSettings:

@@ -91,7 +91,7 @@ def _audit_json(r: AuditRecord) -> dict[str, Any]:
             "version": r.version, "details": r.details}
 
 
-def create_app(service: RegistrationService) -> APIGatewayRestResolver:
+def create_app(service: RegistrationService, reports: Any | None = None) -> APIGatewayRestResolver:
     """The resolver over one RegistrationService (built once per execution environment, at init)."""
     app = APIGatewayRestResolver()
     register_error_handlers(app)
@@ -165,5 +165,17 @@ def create_app(service: RegistrationService) -> APIGatewayRestResolver:
         page = service.registry.list_audit(who.tenant, int(raw_limit),
                                              app.current_event.get_query_string_value("next_token"))
         return {"records": [_audit_json(r) for r in page.records], "next_token": page.next_token}
+
+    @app.get("/admin/models/<model>/drift")
+    def drift_reports(model: str) -> dict[str, Any]:
+        """The caller tenant's latest drift report summaries for the model it resolves (its own or the
+        shared one it calls); another tenant's model answers like a missing one."""
+        who = caller()
+        raw_limit = app.current_event.get_query_string_value("limit", "10")
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 50:
+            raise BadRequest("limit must be an integer between 1 and 50")
+        service.registry.resolve(who.tenant, model)          # ModelNotFound (404) for missing and foreign
+        found = reports.latest(who.tenant, model, int(raw_limit)) if reports is not None else []
+        return {"model": model, "reports": found}
 
     return app

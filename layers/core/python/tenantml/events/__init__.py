@@ -8,7 +8,7 @@ event was published for: delivery is at least once, so consumers deduplicate on 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,9 +42,21 @@ class AliasChanged(EventDetail):
     previous: str | None = Field(description="the version the alias pointed at before, if any")
 
 
+class DriftDetected(EventDetail):
+    """A drift check found the window's data, predictions or accuracy moved away from the baseline.
+    `change_id` identifies the check (tenant, model, version, window): a retried check repeats it."""
+
+    kind: Literal["data", "prediction", "accuracy"]
+    window_start: str
+    window_end: str
+    report: str = Field(description="key of the JSON report in the artifact bucket (an .html sits beside it)")
+    drifted_features: list[str] = Field(default_factory=list)
+
+
 DETAIL_MODELS: dict[str, type[EventDetail]] = {
     "ModelVersionRegistered": ModelVersionRegistered,
     "AliasChanged": AliasChanged,
+    "DriftDetected": DriftDetected,
 }
 
 

@@ -9,9 +9,11 @@ point them elsewhere, and say in one line how to start one when none runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,24 @@ def function_environment(state: dict[str, Any], function: str) -> dict[str, str]
     """The running platform's process environment plus `function`'s own variables."""
     own = (state["functions"].get(function) or {}).get("env") or {}
     return {str(k): str(v) for k, v in {**(state.get("process_env") or {}), **own}.items()}
+
+
+class NoPlatform(Exception):
+    """Neither TENANTML_* variables nor a running local platform say where the platform is."""
+
+
+@contextlib.contextmanager
+def platform_target(function: str, needs: str = "TENANTML_ARTIFACT_BUCKET") -> Iterator[None]:
+    """Run a CLI verb against: the TENANTML_* variables if `needs` is set (a deployed platform), else the
+    running local platform (with `function`'s environment), else raise NoPlatform."""
+    from tenantml.settings import EnvPatch, current_environ  # noqa: PLC0415
+
+    if current_environ().get(needs):
+        yield
+        return
+    state = running_state()
+    if state is None:
+        raise NoPlatform(f"nothing to talk to: {START_HINT}, or set {needs} and the other TENANTML_* "
+                         "variables of a deployed platform")
+    with EnvPatch(function_environment(state, function)):
+        yield

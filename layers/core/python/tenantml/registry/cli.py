@@ -10,12 +10,11 @@ TENANTML_ENDPOINT_URL). `register_folder` is the same flow without settings, for
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 
@@ -68,26 +67,10 @@ def register_folder(path: str | Path, tenant: str, registry: ModelRegistry, stor
                             aliases=aliases)
 
 
-class NoPlatform(Exception):
-    """Neither TENANTML_* variables nor a running local platform say where the registry is."""
+def _target() -> Any:
+    from tenantml.local.state import platform_target  # noqa: PLC0415
 
-
-@contextlib.contextmanager
-def _target() -> Iterator[None]:
-    """Where the registry is: the TENANTML_* variables if set (a deployed platform), else the running
-    local platform (its registry function's environment), else NoPlatform."""
-    from tenantml.local import state as platform_state  # noqa: PLC0415
-    from tenantml.settings import EnvPatch, current_environ  # noqa: PLC0415
-
-    if current_environ().get("TENANTML_REGISTRY_TABLE"):
-        yield
-        return
-    state = platform_state.running_state()
-    if state is None:
-        raise NoPlatform(f"no registry to talk to: {platform_state.START_HINT}, or set "
-                         "TENANTML_REGISTRY_TABLE and TENANTML_ARTIFACT_BUCKET for a deployed platform")
-    with EnvPatch(platform_state.function_environment(state, "registry")):
-        yield
+    return platform_target("registry", needs="TENANTML_REGISTRY_TABLE")
 
 
 def _clients():
@@ -106,6 +89,12 @@ def _actor() -> str:
         return "cli"
 
 
+def _no_platform() -> tuple[type[Exception], ...]:
+    from tenantml.local.state import NoPlatform  # noqa: PLC0415
+
+    return (NoPlatform,)
+
+
 def _aws_errors() -> tuple[type[Exception], ...]:
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
@@ -117,6 +106,8 @@ def _fail(exc: Exception, err: TextIO | None) -> int:
     if isinstance(exc, _aws_errors()):
         print(f"error: the AWS call failed ({type(exc).__name__}: {exc})", file=err)
         return 1
+    from tenantml.local.state import NoPlatform  # noqa: PLC0415
+
     if isinstance(exc, NoPlatform):
         print(f"error: {exc}", file=err)
         return 2
@@ -136,7 +127,7 @@ def register_command(args: argparse.Namespace, out: TextIO | None = None, err: T
             registry, store = _clients()
             registered = register_folder(args.path, args.tenant, registry, store, model=args.model,
                                          version=args.version, aliases=aliases, actor=_actor())
-    except (TenantMLError, ValidationError, NoPlatform, *_aws_errors()) as exc:
+    except (TenantMLError, ValidationError, *_no_platform(), *_aws_errors()) as exc:
         return _fail(exc, err)
     print(f"registered {registered.owner}/{registered.model} version {registered.version} "
           f"(aliases: {', '.join(aliases)})", file=out or sys.stdout)
@@ -160,7 +151,7 @@ def list_command(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         with _target():
             registry, _ = _clients()
             models = registry.list_models(args.tenant)
-    except (TenantMLError, ValidationError, NoPlatform, *_aws_errors()) as exc:
+    except (TenantMLError, ValidationError, *_no_platform(), *_aws_errors()) as exc:
         return _fail(exc, err)
     if not models:
         print(f"no models for tenant {args.tenant}", file=out or sys.stdout)
