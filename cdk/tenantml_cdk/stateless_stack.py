@@ -62,6 +62,11 @@ class StatelessStack(cdk.Stack):
         cdk.CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
 
 
+def _drift_period_s() -> int:
+    (schedule,) = resources.function("drift_scheduler").triggers_of("schedule")
+    return schedule.period_s
+
+
 def platform_values(config: AppConfig, data: PlatformData) -> dict[str, str]:
     """Every TENANTML_* value the stack provides; each function receives those its settings read
     (resources.function_environment). With `-c sam_local=true`, empty placeholders SAM may override (it
@@ -77,6 +82,9 @@ def platform_values(config: AppConfig, data: PlatformData) -> dict[str, str]:
         variable("idempotency_table"): data.tables[resources.IDEMPOTENCY_TABLE.id].table_name,
         variable("event_bus_name"): data.event_bus.event_bus_name,
         **{variable(q.setting): data.queues[q.id].queue_name for q in resources.QUEUES if q.setting},
+        # The drift window is the drift schedule's period; capture frames are written at least once a minute.
+        variable("drift_window_minutes"): str(_drift_period_s() // 60),
+        variable("capture_max_seconds"): "60",
         # Lambda's Active tracing records every invocation; SDK subsegments are opt-in (cold start cost).
         variable("tracing"): "true" if config.sdk_tracing else "false",
     }

@@ -65,3 +65,38 @@ def test_the_runtime_published_the_startup_registrations_too(platform):
     publisher = [d for d in platform.events.deliveries if d.function == "publisher"]
     assert sum(d.records for d in publisher) >= len(platform.registered)
     assert all(d.failed == 0 for d in publisher)
+
+
+def test_shifted_traffic_through_the_api_raises_drift_detected_with_an_html_report(client, platform, bus_tap):
+    """Traffic far from project-risk's reference, sent through the local API, is captured; the drift
+    schedule (fired here rather than waited for: locally it runs every 5 minutes) queues its check, and
+    the worker reports drift on the bus with a self-contained HTML report."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+
+    token = platform.token("acme", ["models:read"])
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        rows = rng.uniform([400, 200, 80, 40, 200, 500, 300, 3], [900, 400, 160, 80, 400, 900, 600, 6],
+                           size=(60, 8)).round(2).tolist()
+        reply = client.post("/v2/models/project-risk/infer", token=token, body={
+            "inputs": [{"name": "features", "datatype": "FP32", "shape": [60, 8], "data": rows}]})
+        assert reply.status == 200, reply.body
+    # Write the buffered capture now instead of waiting for the next request after 10 s.
+    platform.emulator.functions["inference"].load().service.capture.flush()
+    now = datetime.now(UTC)
+    scheduled = now.replace(second=0, microsecond=0) + timedelta(minutes=5)
+    platform.events.fire("drift", scheduled)
+    found: list[dict] = []
+    deadline = time.monotonic() + 45
+    while not found and time.monotonic() < deadline:   # other events may arrive first
+        found = [e for e in bus_tap(1, timeout_s=10) if e["detail-type"] == "DriftDetected"
+                 and e["detail"]["model"] == "project-risk"]
+    (event,) = found
+    detail = event["detail"]
+    assert detail["tenant"] == "acme" and detail["kind"] == "data" and detail["drifted_features"]
+    s3 = boto3.client("s3", endpoint_url=platform.aws.endpoint_url, region_name=platform.aws.region)
+    page = s3.get_object(Bucket=platform.names.buckets["artifacts"],
+                         Key=detail["report"].removesuffix(".json") + ".html")["Body"].read().decode()
+    assert "<svg" in page and "drift" in page and "<script" not in page

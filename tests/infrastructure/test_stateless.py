@@ -136,23 +136,36 @@ def test_authorizer_has_no_data_access(stateless):
                        "xray:PutTelemetryRecords"}
 
 
-def test_inference_reads_registry_and_artifacts_but_writes_nothing(stateless):
+def _writes(stateless: dict, name: str) -> list[dict]:
+    return [s for s in _statements(stateless, name)
+            if any(WRITE_ACTION.match(a) for a in as_list(s["Action"]))]
+
+
+def test_inference_reads_registry_and_artifacts_and_writes_only_capture(stateless):
     granted = actions(_statements(stateless, "inference"))
     assert {"dynamodb:GetItem", "dynamodb:Query"} <= granted
     assert any(a.startswith("s3:GetObject") for a in granted)
-    assert not [a for a in granted if WRITE_ACTION.match(a)]
+    writes = _writes(stateless, "inference")
+    put_actions = {"s3:PutObject", "s3:PutObjectLegalHold", "s3:PutObjectRetention", "s3:PutObjectTagging",
+                   "s3:PutObjectVersionTagging", "s3:Abort*"}
+    assert {a for s in writes for a in as_list(s["Action"])} <= put_actions
+    for statement in writes:
+        for resource in as_list(statement["Resource"]):
+            assert resource["Fn::Join"][1][-1] == "/capture/*", resource
 
 
-def test_only_the_registry_function_writes(stateless):
+def test_only_the_registry_function_writes_the_registry(stateless):
     granted = actions(_statements(stateless, "registry"))
     assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "s3:PutObject"} <= granted
     for name in ("inference", "authorizer"):
-        assert not [a for a in actions(_statements(stateless, name)) if WRITE_ACTION.match(a)]
+        assert not [a for a in actions(_statements(stateless, name)) if a.startswith("dynamodb:")
+                    and WRITE_ACTION.match(a)]
+    assert not _writes(stateless, "authorizer")
 
 
 # Which prefixes of the artifact bucket each function may read or write objects under.
 OBJECT_PREFIXES = {
-    "inference": {"/models/*"},
+    "inference": {"/models/*", "/capture/*"},      # capture: the traffic sample for drift checks
     "registry": {"/models/*", "/reports/*"},       # reports: GET /admin/models/{model}/drift
     "drift_scheduler": {"/capture/*"},
     "drift_worker": {"/capture/*", "/models/*", "/reports/*"},

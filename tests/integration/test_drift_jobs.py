@@ -72,6 +72,8 @@ def runtime(monkeypatch):
             path = FIXTURES / "bus_listener" / "handler.py" if d is ON_DRIFT else handler_path(d.name)
             env = local_environment(d, NAMES, AWS)
             env.pop("TENANTML_ENDPOINT_URL", None)
+            if "TENANTML_DRIFT_WINDOW_MINUTES" in env:
+                env["TENANTML_DRIFT_WINDOW_MINUTES"] = "60"     # hourly, as deployed (locally: 5 minutes)
             functions[d.name] = LocalFunction(d, path, prefix=NAMES.prefix, env=env)
         rt = EventRuntime(functions, AWS, NAMES, definitions=DEFINITIONS, stream_retry_backoff_s=0.01)
         yield rt.provision()

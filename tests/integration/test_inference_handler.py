@@ -206,3 +206,54 @@ def test_preload_models_at_init(aws, monkeypatch, load_handler, log_lines):
     load_handler("inference")
     loaded = [x for x in log_lines() if x["message"] == "model loaded"]
     assert {x["load_model"] for x in loaded} == {"minilm-embed", "work-item-classifier"}
+
+
+def test_requests_are_captured_as_frames_under_the_callers_tenant(aws, monkeypatch, load_handler, load_event,
+                                                                   lambda_context):
+    """With a frame per request (TENANTML_CAPTURE_MAX_ROWS=1) the tabular request lands in S3 as a frame
+    under the calling tenant's partition, with the features by name and the predicted label."""
+    import boto3
+
+    from tenantml.monitoring.capture import decode_frame
+
+    monkeypatch.setenv("TENANTML_CAPTURE_MAX_ROWS", "1")
+    fn = load_handler("inference")
+    event = as_tenant(load_event("inference-infer-risk"), "globex")
+    resp = fn.handler(event, lambda_context)
+    assert resp["statusCode"] == 200
+    s3 = boto3.client("s3", region_name="us-east-1")
+    (obj,) = s3.list_objects_v2(Bucket=NAMES.buckets["artifacts"], Prefix="capture/")["Contents"]
+    assert obj["Key"].startswith("capture/tenant=globex/model=project-risk/version=1/date=")
+    frame = decode_frame(s3.get_object(Bucket=NAMES.buckets["artifacts"], Key=obj["Key"])["Body"].read())
+    answered = json.loads(resp["body"])["outputs"][0]["data"]
+    assert set(frame.numeric) == set(sm.FEATURES) and frame.rows == len(answered)
+    codes, labels = frame.categorical["prediction"]
+    assert [labels[c] for c in codes] == answered
+    assert frame.request_ids[0].decode() == event["requestContext"]["requestId"]
+
+
+def test_a_capture_failure_never_fails_the_prediction(aws, monkeypatch, load_handler, load_event,
+                                                      lambda_context, capsys, caplog):
+    monkeypatch.setenv("TENANTML_CAPTURE_MAX_ROWS", "1")
+    fn = load_handler("inference")
+
+    def broken(key, data):
+        raise ConnectionError("S3 is down")
+
+    fn.service.capture._put = broken
+    resp = fn.handler(load_event("inference-infer-risk"), lambda_context)
+    assert resp["statusCode"] == 200
+    assert '"CaptureFailures":[1.0]' in capsys.readouterr().out
+    assert "capture failed" in caplog.text
+
+
+def test_capture_rate_zero_captures_nothing(aws, monkeypatch, load_handler, load_event, lambda_context):
+    import boto3
+
+    monkeypatch.setenv("TENANTML_CAPTURE_MAX_ROWS", "1")
+    monkeypatch.setenv("TENANTML_CAPTURE_RATE", "0")
+    fn = load_handler("inference")
+    assert fn.handler(load_event("inference-infer-risk"), lambda_context)["statusCode"] == 200
+    listed = boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket=NAMES.buckets["artifacts"],
+                                                                         Prefix="capture/")
+    assert "Contents" not in listed

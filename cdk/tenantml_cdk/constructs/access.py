@@ -36,14 +36,21 @@ def _acknowledge_artifact_reads(fn: PlatformFunction, data: PlatformData) -> Non
 
 
 class ServingAccess(Construct):
-    """inference: reads the registry and the model artifacts; writes nothing."""
+    """inference: reads the registry and the model artifacts; writes capture frames, nothing else."""
 
     def __init__(self, scope: Construct, construct_id: str, *, function: PlatformFunction,
                  data: PlatformData) -> None:
         super().__init__(scope, construct_id)
         data.registry_table.grant_read_data(function.function)
         data.artifact_bucket.grant_read(function.function, ARTIFACT_OBJECTS)
+        data.artifact_bucket.grant_put(function.function, "capture/*")
         _acknowledge_artifact_reads(function, data)
+        bucket_arn = export_name(Stack.of(data.artifact_bucket), data.artifact_bucket.bucket_arn)
+        acknowledge(function.role, f"AwsSolutions-IAM5[Resource::{bucket_arn}/capture/*]",
+                    "Traffic capture writes frames under capture/, partitioned by tenant, model, version, "
+                    "date and hour, so the prefix needs a trailing wildcard.")
+        acknowledge(function.role, "AwsSolutions-IAM5[Action::s3:Abort*]",
+                    "grant_put: s3:AbortMultipartUpload on capture/* only.")
 
 
 class RegistryAccess(Construct):

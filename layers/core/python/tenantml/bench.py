@@ -216,13 +216,18 @@ def bench_command(args: argparse.Namespace) -> int:
         for size in (1, 32):
             iters = args.iterations if size == 1 else max(25, args.iterations // 4)
 
-            def handler_call(i: int, size: int = size) -> object:
+            capture_all = mod.service.settings.model_copy(update={"capture_rate": 1.0})
+            capture_none = mod.service.settings.model_copy(update={"capture_rate": 0.0})
+
+            def handler_call(i: int, size: int = size, settings: object = capture_all) -> object:
+                mod.service.settings = settings     # capture 100% (the default) or 0%
                 resp = mod.handler(infer_event(_batch(i, size)), ctx)
                 assert resp["statusCode"] == 200
                 return resp
 
             fns: dict[str, Callable[[int], object]] = {
                 "handler": handler_call,
+                "handler_no_capture": lambda i, size=size, off=capture_none: handler_call(i, size, off),
                 "raw_ort": lambda i, size=size: raw(_batch(i, size)),
             }
             if torch_run is not None:
@@ -231,7 +236,10 @@ def bench_command(args: argparse.Namespace) -> int:
                 timed = _timeit(fns, iters)
             h, r = timed["handler"], timed["raw_ort"]
             row: dict[str, object] = {"handler": h, "raw_ort": r,
-                                      "handler_over_raw_p50": h["p50_ms"] / r["p50_ms"]}
+                                      "handler_over_raw_p50": h["p50_ms"] / r["p50_ms"],
+                                      "handler_no_capture": timed["handler_no_capture"],
+                                      "capture_overhead_p50":
+                                          h["p50_ms"] / timed["handler_no_capture"]["p50_ms"] - 1}
             if "torch" in timed:
                 row["torch"] = timed["torch"]
                 row["torch_over_handler_p50"] = timed["torch"]["p50_ms"] / h["p50_ms"]
@@ -257,7 +265,9 @@ def _print(res: dict) -> None:
         h, r = row["handler"], row["raw_ort"]
         line = (f"{key}: handler p50 {h['p50_ms']:.2f} ms p95 {h['p95_ms']:.2f} ms | "
                 f"raw ORT p50 {r['p50_ms']:.2f} ms p95 {r['p95_ms']:.2f} ms | "
-                f"handler/raw {row['handler_over_raw_p50']:.2f}x")
+                f"handler/raw {row['handler_over_raw_p50']:.2f}x | capture 100% vs 0%: "
+                f"p50 {row['handler_no_capture']['p50_ms']:.2f} -> {h['p50_ms']:.2f} ms "
+                f"({100 * row['capture_overhead_p50']:+.1f}%)")
         if "torch" in row:
             line += (f" | torch p50 {row['torch']['p50_ms']:.2f} ms "
                      f"({row['torch_over_handler_p50']:.1f}x slower)")

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="window sizes, comma-separated (default: %(default)s; add 10000000 for the 10M run)")
     bd.add_argument("--reference-rows", type=int, default=100_000)
     bd.add_argument("--no-evidently", action="store_true", help="skip Evidently even if it is installed")
+    bd.add_argument("--evidently-max-rows", type=int, default=1_000_000,
+                    help="largest window Evidently is run on (default: %(default)s; at 10M rows it needs "
+                         "minutes and ~9 GB)")
     bd.add_argument("--json", dest="json_out", default=None, help="also write the figures as JSON here")
     bd.set_defaults(func=_lazy("tenantml.monitoring.bench:drift_bench_command"))
     return p

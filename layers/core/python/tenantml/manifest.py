@@ -70,6 +70,9 @@ class Manifest(_Model):
     features: list[str] = Field(default_factory=list)
     tokenizer: TokenizerSpec | None = None
     backbone: BackboneRef | None = None
+    # Share of requests whose features and predictions are captured for drift checks (default: the
+    # inference function's TENANTML_CAPTURE_RATE, 100%).
+    capture_rate: float | None = Field(default=None, ge=0, le=1)
     # Every artifact file of the version except manifest.json itself.
     files: dict[str, FileEntry]
     # Free-form build facts (source package, quantization, metrics); never interpreted at serving time.

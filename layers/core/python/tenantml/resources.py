@@ -155,20 +155,30 @@ class ScheduleTrigger:
     id: str
     expression: str                  # rate(N minutes|hours|days)
     description: str = ""
+    local_expression: str | None = None   # local mode's rate, when the deployed one is too slow to watch
     kind: ClassVar[str] = "schedule"
 
     def __post_init__(self) -> None:
-        match = _RATE_RE.match(self.expression)
-        if not match or int(match.group(1)) < 1 or \
-                (int(match.group(1)) == 1) != (not match.group(2).endswith("s")):
-            raise ValueError(f"schedule {self.id}: expression must be rate(N unit[s]), "
-                             f"got {self.expression!r}")
+        for expression in (self.expression, self.local_expression or self.expression):
+            match = _RATE_RE.match(expression)
+            if not match or int(match.group(1)) < 1 or \
+                    (int(match.group(1)) == 1) != (not match.group(2).endswith("s")):
+                raise ValueError(f"schedule {self.id}: expression must be rate(N unit[s]), "
+                                 f"got {expression!r}")
 
     @property
     def period_s(self) -> int:
-        match = _RATE_RE.match(self.expression)
-        assert match is not None
-        return int(match.group(1)) * _RATE_UNITS[match.group(2).rstrip("s")]
+        return _period(self.expression)
+
+    @property
+    def local_period_s(self) -> int:
+        return _period(self.local_expression or self.expression)
+
+
+def _period(expression: str) -> int:
+    match = _RATE_RE.match(expression)
+    assert match is not None
+    return int(match.group(1)) * _RATE_UNITS[match.group(2).rstrip("s")]
 
 
 @dataclass(frozen=True)
@@ -261,7 +271,8 @@ FUNCTIONS: tuple[FunctionDef, ...] = (
                 "the last window; one drift job each",
                 (DriftSchedulerSettings, IdempotencySettings, AwsSettings),
                 memory_mb=256, timeout_s=120,
-                triggers=(ScheduleTrigger("drift", "rate(1 hour)", "hourly drift checks"),)),
+                triggers=(ScheduleTrigger("drift", "rate(1 hour)", "hourly drift checks",
+                                          local_expression="rate(5 minutes)"),)),
     FunctionDef("drift_worker", "stream a window's capture against the version's baseline; JSON + HTML "
                 "report, metrics, DriftDetected",
                 (DriftSettings, RegistrySettings, PublisherSettings, AwsSettings),

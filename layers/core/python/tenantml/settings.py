@@ -129,6 +129,11 @@ class ServingSettings(RegistrySettings):
     registry_cache_ttl_seconds: int = Field(default=30, ge=0)
     # Comma-separated "tenant/model[/version]" loaded at init (SnapStart, cold start).
     preload_models: str = ""
+    # Traffic capture for drift checks (tenantml.serving.capture): the default share of requests captured
+    # (a model's manifest may set its own), and when a buffered frame is written.
+    capture_rate: float = Field(default=1.0, ge=0, le=1)
+    capture_max_rows: int = Field(default=500, ge=1)
+    capture_max_seconds: float = Field(default=60.0, gt=0)
 
 
 class ObservabilitySettings(_Settings):

@@ -75,7 +75,9 @@ def build_router(service: InferenceService) -> APIGatewayRouter:
     def run_infer(model: str, version: str | None) -> Response:
         who = tenant()
         body = read_body(router.current_event.raw_event, max_bytes=service.settings.max_body_bytes)
-        return _reply(service.infer(who, model, version, body.data, json_length=body.json_length))
+        request_id = router.current_event.request_context.request_id
+        return _reply(service.infer(who, model, version, body.data, json_length=body.json_length,
+                                    request_id=request_id))
 
     @router.post("/v2/models/<model>/infer")
     def infer(model: str) -> Response:

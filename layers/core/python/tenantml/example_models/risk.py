@@ -52,6 +52,7 @@ import numpy as np
 from tenantml.example_models import BuildError
 from tenantml.example_models.heads import write_artifact, write_manifest
 from tenantml.manifest import Manifest, TensorSpec
+from tenantml.monitoring import build_baseline
 
 MODEL_NAME = "project-risk"
 FEATURES: tuple[str, ...] = (
@@ -181,6 +182,12 @@ def build_risk(out_dir: Path, *, n: int = N_SAMPLES, seed: int = DATA_SEED) -> d
     onnx_bytes = _to_onnx(model, X.shape[1])
     metrics["ort_max_abs_diff"] = _ort_check(onnx_bytes, model, X)
     entry = write_artifact(out_dir, "model.onnx", onnx_bytes)
+    # The drift baseline: the held-out rows (what the model was judged on), its predictions on them and
+    # the true labels (so the baseline accuracy is the held-out accuracy above).
+    baseline = build_baseline({name: X_te[:, i] for i, name in enumerate(FEATURES)},
+                              predictions=[RISK_LABELS[k] for k in pred],
+                              labels=[RISK_LABELS[k] for k in y_te])
+    baseline_entry = write_artifact(out_dir, "baseline.json", baseline.model_dump_json().encode())
 
     manifest = Manifest(
         name=MODEL_NAME,
@@ -192,7 +199,7 @@ def build_risk(out_dir: Path, *, n: int = N_SAMPLES, seed: int = DATA_SEED) -> d
                  TensorSpec(name="risk_probs", datatype="FP32", shape=[-1, len(RISK_LABELS)])],
         labels={"risk": list(RISK_LABELS)},
         features=list(FEATURES),
-        files={"model.onnx": entry},
+        files={"model.onnx": entry, "baseline.json": baseline_entry},
         build={
             "onnx_outputs": dict(ONNX_OUTPUTS),
             # "label" is INT64 [n]: an index into labels["risk"]; "probabilities" is FP32 [n, 3].

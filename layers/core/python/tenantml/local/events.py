@@ -238,7 +238,7 @@ class ScheduleSource:
 
     def __post_init__(self) -> None:
         self.name = f"schedule:{self.schedule.id}"
-        self.next_due = self.runtime.clock() + self.schedule.period_s
+        self.next_due = self.runtime.clock() + self.schedule.local_period_s
         self.schedule_name = f"{self.runtime.names.prefix}-{self.schedule.id}"
         try:
             self.runtime.scheduler.create_schedule(
@@ -260,7 +260,7 @@ class ScheduleSource:
         if now < self.next_due:
             return 0
         scheduled = datetime.fromtimestamp(self.next_due, UTC).replace(microsecond=0)
-        self.next_due += self.schedule.period_s
+        self.next_due += self.schedule.local_period_s
         self.fire(scheduled)
         return 1
 

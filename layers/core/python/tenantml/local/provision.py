@@ -96,13 +96,19 @@ def process_env(aws: AwsSettings) -> dict[str, str]:
     return {"AWS_REGION": aws.region, "AWS_DEFAULT_REGION": aws.region}
 
 
+# Local mode runs the monitoring loop faster than a deployment, so a developer sees a drift report minutes
+# after sending traffic: capture frames are written after 10 s, and drift checks cover 5-minute windows
+# (the drift schedule fires every 5 minutes locally, resources.ScheduleTrigger.local_expression).
+LOCAL_PACE = {"TENANTML_CAPTURE_MAX_SECONDS": "10", "TENANTML_DRIFT_WINDOW_MINUTES": "5"}
+
+
 def platform_values(names: resources.LocalNames, aws: AwsSettings,
                     auth: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every TENANTML_* value local mode provides (the CDK app provides the same keys, less the
     resources.LOCAL_ONLY_VARIABLES and plus the AWS_ONLY ones). `auth`: the authorizer's JWKS/issuer/
     audience (the dev keys' auth_env)."""
     values = {**names.platform_values(), "TENANTML_REGION": aws.region, "TENANTML_TRACING": "false",
-              "TENANTML_TENANT_CLAIM": "tenant_id", **(auth or {})}
+              "TENANTML_TENANT_CLAIM": "tenant_id", **LOCAL_PACE, **(auth or {})}
     if aws.endpoint_url:
         values["TENANTML_ENDPOINT_URL"] = aws.endpoint_url
     return values

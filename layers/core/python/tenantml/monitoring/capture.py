@@ -31,6 +31,7 @@ import numpy as np
 MAGIC = b"TMLCAP1\n"
 PREFIX = "capture"
 SUFFIX = ".tmlc"
+PREDICTION = "prediction"   # the column holding the model's prediction (labels or a numeric score)
 ID_WIDTH = 36           # a uuid4 string; longer request ids are truncated for the join
 _HEADER = struct.Struct("<I")
 _MAX_HEADER = 1 << 20

@@ -81,6 +81,25 @@ def report_key(job: DriftJob, extension: str) -> str:
             f"{job.window_end:%Y-%m-%dT%H-%MZ}.{extension}")
 
 
+def list_pages(s3: Any, bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every ListObjectsV2 page under `prefix`."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if delimiter:
+        kwargs["Delimiter"] = delimiter
+    while True:
+        resp = s3.list_objects_v2(**kwargs)
+        yield resp
+        if not resp.get("NextContinuationToken"):
+            return
+        kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
+
+def list_keys(s3: Any, bucket: str, prefix: str) -> Iterator[str]:
+    for page in list_pages(s3, bucket, prefix):
+        for obj in page.get("Contents") or []:
+            yield obj["Key"]
+
+
 class CaptureIndex:
     """The capture partitions in the artifact bucket (an S3 client: boto3's or botocore's)."""
 
@@ -88,17 +107,9 @@ class CaptureIndex:
         self._s3, self._bucket = s3, bucket
 
     def _prefixes(self, prefix: str) -> Iterator[str]:
-        token = None
-        while True:
-            kwargs = {"Bucket": self._bucket, "Prefix": prefix, "Delimiter": "/"}
-            if token:
-                kwargs["ContinuationToken"] = token
-            resp = self._s3.list_objects_v2(**kwargs)
-            for p in resp.get("CommonPrefixes") or []:
+        for page in list_pages(self._s3, self._bucket, prefix, delimiter="/"):
+            for p in page.get("CommonPrefixes") or []:
                 yield p["Prefix"]
-            token = resp.get("NextContinuationToken")
-            if not token:
-                return
 
     def targets(self) -> Iterator[tuple[str, str, str]]:
         """Every (tenant, model, version) that ever captured traffic."""
@@ -114,20 +125,11 @@ class CaptureIndex:
         lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
         for h in hours(start, end):
             prefix = f"{partition_prefix(tenant, model, version)}date={h:%Y-%m-%d}/hour={h:%H}/"
-            token = None
-            while True:
-                kwargs = {"Bucket": self._bucket, "Prefix": prefix}
-                if token:
-                    kwargs["ContinuationToken"] = token
-                resp = self._s3.list_objects_v2(**kwargs)
-                for obj in resp.get("Contents") or []:
-                    name = obj["Key"].rsplit("/", 1)[-1]
-                    stamp = name.split("-", 1)[0]
-                    if name.endswith(SUFFIX) and stamp.isdigit() and lo <= int(stamp) < hi:
-                        yield obj["Key"]
-                token = resp.get("NextContinuationToken")
-                if not token:
-                    break
+            for key in list_keys(self._s3, self._bucket, prefix):
+                name = key.rsplit("/", 1)[-1]
+                stamp = name.split("-", 1)[0]
+                if name.endswith(SUFFIX) and stamp.isdigit() and lo <= int(stamp) < hi:
+                    yield key
 
     def read(self, key: str) -> bytes:
         return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
@@ -309,17 +311,7 @@ class ReportIndex:
 
     def latest(self, tenant: str, model: str, limit: int = 10) -> list[dict[str, Any]]:
         prefix = f"{REPORTS}/tenant={tenant}/model={model}/"
-        keys: list[str] = []
-        token = None
-        while True:
-            kwargs = {"Bucket": self._bucket, "Prefix": prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            resp = self._s3.list_objects_v2(**kwargs)
-            keys += [o["Key"] for o in resp.get("Contents") or [] if o["Key"].endswith(".json")]
-            token = resp.get("NextContinuationToken")
-            if not token:
-                break
+        keys = [k for k in list_keys(self._s3, self._bucket, prefix) if k.endswith(".json")]
         keys.sort(key=lambda k: k.rsplit("/", 1)[-1], reverse=True)    # by window end, then version
         out = []
         for key in keys[:limit]:

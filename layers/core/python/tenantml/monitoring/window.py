@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tenantml.monitoring.baseline import Baseline, CategoricalBaseline, NumericBaseline
-from tenantml.monitoring.capture import CorruptFrame, Frame, decode_frame
+from tenantml.monitoring.capture import PREDICTION, CorruptFrame, Frame, decode_frame
 from tenantml.monitoring.stats import (
     Accumulator,
     CategoricalAccumulator,
@@ -23,7 +23,7 @@ from tenantml.monitoring.stats import (
     evaluate,
 )
 
-PREDICTION = "prediction"
+__all__ = ["PREDICTION", "Window", "WindowCounts"]
 
 
 @dataclass

@@ -26,6 +26,7 @@ from tenantml.observability import logger, metrics
 from tenantml.registry import ArtifactStore, ModelSummary, ModelVersion, Registry
 from tenantml.serving import oip
 from tenantml.serving.cache import CachingRegistry, PredictionCache
+from tenantml.serving.capture import CaptureSink, capture_columns
 from tenantml.serving.runtime import EmbeddingModel, HeadModel, LoadedModel, ModelRuntime
 from tenantml.settings import AwsSettings, ServingSettings
 
@@ -73,8 +74,9 @@ class GpuNotConfigured:
 class InferenceService:
     def __init__(self, *, registry: Registry, store: ArtifactStore, settings: ServingSettings,
                  runtime: ModelRuntime | None = None, gpu: GpuBackend | None = None,
-                 timer: Any = time.monotonic) -> None:
+                 timer: Any = time.monotonic, capture: CaptureSink | None = None) -> None:
         self.settings = settings
+        self.capture = capture
         self.registry = CachingRegistry(registry, ttl=settings.registry_cache_ttl_seconds, timer=timer)
         self.runtime = runtime or ModelRuntime(store, budget_bytes=settings.model_cache_mb * 1024 * 1024)
         self.predictions = PredictionCache(size=settings.prediction_cache_size,
@@ -132,7 +134,7 @@ class InferenceService:
     # --- inference -------------------------------------------------------------------------------
 
     def infer(self, tenant: str, model: str, version: str | None, body: str | bytes | None, *,
-              json_length: int | None = None) -> Reply:
+              json_length: int | None = None, request_id: str | None = None) -> Reply:
         """`json_length`: the Inference-Header-Content-Length header (binary tensor data extension)."""
         t0 = time.perf_counter()
         parsed = oip.parse_request(body, max_bytes=self.settings.max_body_bytes, json_length=json_length)
@@ -164,10 +166,27 @@ class InferenceService:
         body_out, header_length = oip.infer_response_parts(model, mv.version, request.id, outputs, selected,
                                                            binary)
         self._record(mv, rows, hit if self.predictions.enabled else None, t0)
+        self._capture(tenant, mv, request_id or request.id or "", tensors, outputs)
         if header_length is None:
             return Reply(body_out)
         return Reply(body_out, headers={oip.HEADER_LENGTH: str(header_length)},
                      content_type="application/octet-stream")
+
+    def _capture(self, tenant: str, mv: ModelVersion, request_id: str, tensors: Mapping[str, oip.Tensor],
+                 outputs: Any) -> None:
+        """A sample of the request for drift checks; never fails or delays the prediction beyond the
+        occasional frame write (see tenantml.serving.capture)."""
+        if self.capture is None:
+            return
+        rate = self.settings.capture_rate if mv.manifest.capture_rate is None else mv.manifest.capture_rate
+        try:
+            if self.capture.sampled(rate):
+                columns = capture_columns(mv.manifest, tensors, {o.name: o.value for o in outputs})
+                if columns is not None:
+                    self.capture.add(tenant, mv.model, mv.version, request_id, *columns)
+            self.capture.flush_due()
+        except Exception as exc:  # noqa: BLE001 - capture never fails a prediction: logged and counted
+            capture_failed(exc, 0)
 
     @staticmethod
     def _record(mv: ModelVersion, rows: int, cache_hit: bool | None, t0: float) -> None:
@@ -305,6 +324,29 @@ class _LazyStore:
         self._get().put(owner, model, version, name, data)
 
 
+def capture_failed(exc: Exception, rows: int) -> None:
+    logger.warning("capture failed; the rows are dropped, the prediction is not affected",
+                   extra={"error": type(exc).__name__, "rows": rows})
+    metrics.add_metric(name="CaptureFailures", unit=MetricUnit.Count, value=1)
+
+
+class _LazyCaptureWriter:
+    """Writes capture frames to the artifact bucket with a botocore client made on first use."""
+
+    def __init__(self, bucket: str, aws: AwsSettings) -> None:
+        self._bucket, self._aws = bucket, aws
+        self._s3: Any = None
+
+    def __call__(self, key: str, data: bytes) -> None:
+        if self._s3 is None:
+            with _ADAPTER_LOCK:
+                if self._s3 is None:
+                    from tenantml.aws import botocore_client  # noqa: PLC0415 - deliberate lazy import
+
+                    self._s3 = botocore_client("s3", self._aws)
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=data)
+
+
 def preload_entries(settings: ServingSettings) -> list[str]:
     return [e.strip() for e in settings.preload_models.split(",") if e.strip()]
 
@@ -313,9 +355,12 @@ def build_service(settings: ServingSettings, aws: AwsSettings, *, registry: Regi
                   store: ArtifactStore | None = None, gpu: GpuBackend | None = None) -> InferenceService:
     """The service from settings: AWS adapters created lazily, `preload_models` loaded now (init: what
     SnapStart snapshots, so it must finish before init ends)."""
+    capture = CaptureSink(_LazyCaptureWriter(settings.artifact_bucket, aws),
+                          max_rows=settings.capture_max_rows, max_age_s=settings.capture_max_seconds,
+                          on_failure=capture_failed)
     service = InferenceService(registry=registry or _LazyRegistry(settings.registry_table, aws),
                                store=store or _LazyStore(settings.artifact_bucket, aws),
-                               settings=settings, gpu=gpu)
+                               settings=settings, gpu=gpu, capture=capture)
     entries = preload_entries(settings)
     if entries:
         service.preload(entries)
