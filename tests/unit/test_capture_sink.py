@@ -96,3 +96,14 @@ def test_columns_of_a_tabular_and_a_text_model():
                                            {"embedding": np.zeros((2, 8), np.float32)})
     assert numeric["text_chars"].tolist() == [5, 0] and numeric["text_words"].tolist() == [3, 0]
     assert categorical == {}                                          # an embedding is no prediction
+
+
+def test_capture_does_not_load_the_drift_statistics():
+    """The inference function's cold start must not pay for the statistics' pydantic models (~150 ms)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tenantml.serving.capture; "
+            "print(sorted(m for m in sys.modules if m.startswith('tenantml.monitoring')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['tenantml.monitoring', 'tenantml.monitoring.capture']"

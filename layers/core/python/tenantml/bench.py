@@ -56,9 +56,14 @@ def _timeit(fns: dict[str, Callable[[int], object]], iterations: int, block: int
     runtime's thread pool spins for a while after a run, which would steal the 2 cores from the next one;
     each block starts with one untimed warm-up call."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     i = 0
     while i < iterations:
-        for name, fn in fns.items():
+        # Rotate which implementation goes first: the one after another runtime's block pays for that
+        # runtime's spinning threads, and must not always be the same one.
+        shift = (i // block) % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             fn(i)  # warm-up: let the other runtime's threads go idle
             for j in range(i, min(i + block, iterations)):
                 t0 = time.perf_counter()

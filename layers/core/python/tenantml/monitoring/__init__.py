@@ -6,26 +6,25 @@ compares it with the baseline (PSI, Jensen-Shannon, KS, chi-square) into a drift
 files, queues or the environment: the drift function wires them to capture files and reports.
 """
 
-from tenantml.monitoring.baseline import (
-    OTHER,
-    Baseline,
-    CategoricalBaseline,
-    NumericBaseline,
-    Performance,
-    build_baseline,
-)
-from tenantml.monitoring.stats import (
-    CategoricalAccumulator,
-    DatasetDrift,
-    FeatureDrift,
-    NumericAccumulator,
-    Thresholds,
-    chi_square,
-    evaluate,
-    js_distance,
-    ks_from_bins,
-    psi,
-)
+import importlib
+from typing import Any
+
+# Names re-exported lazily (PEP 562): the inference function imports only monitoring.capture, and must not
+# pay ~150 ms of cold start for the statistics' pydantic models it never uses.
+_EXPORTS = {
+    **dict.fromkeys(("OTHER", "Baseline", "CategoricalBaseline", "NumericBaseline", "Performance",
+                     "build_baseline"), "tenantml.monitoring.baseline"),
+    **dict.fromkeys(("CategoricalAccumulator", "DatasetDrift", "FeatureDrift", "NumericAccumulator",
+                     "Thresholds", "chi_square", "evaluate", "js_distance", "ks_from_bins", "psi"),
+                    "tenantml.monitoring.stats"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'tenantml.monitoring' has no attribute {name!r}")
+
 
 __all__ = [
     "OTHER",
