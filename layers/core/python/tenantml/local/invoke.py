@@ -25,7 +25,7 @@ from typing import Any
 from tenantml import resources
 from tenantml.local import state as platform_state
 from tenantml.local.context import FunctionError, FunctionTimeout, LocalFunction, handler_path
-from tenantml.settings import EnvPatch
+from tenantml.settings import EnvPatch, environment
 
 STATE_FILE = Path(platform_state.HOME) / platform_state.STATE_NAME   # relative to the project's home
 FUNCTION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -109,7 +109,7 @@ def invoke_command(args: argparse.Namespace) -> int:
         print(f"tenantml invoke: cannot read event {args.event}: {exc}", file=sys.stderr)
         return 2
     env = {**local_environment(platform_state.read_state(), args.function), **extra}
-    missing = missing_variables(function_def(args.function), {**os.environ, **env})
+    missing = missing_variables(function_def(args.function), environment(env))
     if missing:
         print(f"tenantml invoke: {args.function} needs {', '.join(missing)}: {platform_state.START_HINT} "
               "(invoke then uses its resources), or pass them with --env", file=sys.stderr)

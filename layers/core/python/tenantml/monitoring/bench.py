@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -375,7 +374,9 @@ def run_evidently(rows: int, reference_rows: int, seed: int = 0, *,
                   same_stats: bool = False) -> dict[str, Any]:
     """Evidently 0.7: `DataDriftPreset()` (its pick of one statistic per column), or with `same_stats`
     the three presets that give the statistics tenantml computes."""
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from tenantml.settings import EnvPatch  # noqa: PLC0415
+
+    EnvPatch({"DO_NOT_TRACK": "1"}).apply()   # no telemetry from Evidently (this child exits after)
     import evidently  # noqa: PLC0415
     from evidently import Dataset, Report  # noqa: PLC0415
     from evidently.presets import DataDriftPreset  # noqa: PLC0415
@@ -446,7 +447,9 @@ def _spawn(method: str, rows: int, reference_rows: int, seed: int, directory: Pa
            ) -> dict[str, Any]:
     spec = json.dumps({"method": method, "rows": rows, "reference_rows": reference_rows, "seed": seed,
                        "directory": str(directory) if directory else None})
-    env = {**os.environ, "DO_NOT_TRACK": "1", "PYTHONWARNINGS": "ignore"}
+    from tenantml.settings import environment  # noqa: PLC0415
+
+    env = environment({"DO_NOT_TRACK": "1", "PYTHONWARNINGS": "ignore"})
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tenantml.monitoring.bench", "child", spec],  # noqa: S603
                           env=env, capture_output=True, text=True, check=False)
