@@ -338,7 +338,8 @@ def describe(definitions: Sequence[resources.FunctionDef] = resources.FUNCTIONS,
             elif isinstance(t, resources.RuleTrigger):
                 lines.append(f"rule     {t.id} on the {t.bus} bus {t.pattern_json()} -> {d.name}")
             elif isinstance(t, resources.ScheduleTrigger):
-                lines.append(f"schedule {t.id} {t.expression} -> {d.name}")
+                local = f" (locally {t.local_expression})" if t.local_expression else ""
+                lines.append(f"schedule {t.id} {t.expression}{local} -> {d.name}")
             elif isinstance(t, resources.StreamTrigger):
                 lines.append(f"stream   {t.table} table, filter {json.dumps(t.filter)} -> {d.name}")
     return lines
