@@ -483,3 +483,16 @@ def test_the_library_imports_neither_scipy_nor_boto3():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'boto3', 'botocore')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cell_counts_from_the_sorted_chunk_equal_searching_every_value(seed):
+    from tenantml.monitoring.stats import cell_counts
+
+    rng = np.random.default_rng(seed)
+    edges = np.unique(np.round(rng.normal(size=40), 1))
+    x = np.concatenate([np.round(rng.normal(size=5000), 1), edges[:5], [-9.0, 9.0]])  # atoms on edges too
+    expected = np.bincount(np.searchsorted(edges, x, side="left") + np.searchsorted(edges, x, side="right"),
+                           minlength=2 * edges.size + 1)
+    np.testing.assert_array_equal(cell_counts(edges, np.sort(x)), expected)
+    assert cell_counts(np.empty(0), np.sort(x)).tolist() == [x.size]
