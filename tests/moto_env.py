@@ -43,3 +43,17 @@ def lambda_account(monkeypatch, function: str, auth: Mapping[str, str] | None = 
             yield env
         finally:
             reset_settings()
+
+
+def local_functions(definitions, path_of, **overrides: str) -> dict:
+    """LocalFunctions for `definitions` (handler file from `path_of(definition)`), each with exactly its
+    declared variables pointed at in-process moto, plus `overrides` where a function declares them."""
+    from tenantml.local.context import LocalFunction
+
+    functions = {}
+    for d in definitions:
+        env = local_environment(d, NAMES, AWS)
+        env.pop("TENANTML_ENDPOINT_URL", None)
+        env.update({k: v for k, v in overrides.items() if k in env})
+        functions[d.name] = LocalFunction(d, path_of(d), prefix=NAMES.prefix, env=env)
+    return functions

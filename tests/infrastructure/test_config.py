@@ -73,13 +73,15 @@ def test_every_context_key_is_documented_in_the_architecture_doc():
 
 
 def test_a_required_variable_the_stack_cannot_provide_fails_synth():
+    import aws_cdk as cdk
     from tenantml_cdk.constructs.functions import FunctionFactory
 
     broken = resources.FunctionDef("inference", "needs the bus", (settings.PublisherSettings,))
-    factory = FunctionFactory.__new__(FunctionFactory)   # only its environment() is exercised
-    factory._values = {"TENANTML_ARTIFACT_BUCKET": "b"}  # noqa: SLF001
+    factory = FunctionFactory(cdk.Stack(cdk.App(), "EnvTest"), "Functions", config=load_config(REQUIRED),
+                              layers=[], code_root=ROOT / "functions",
+                              values={"TENANTML_ARTIFACT_BUCKET": "b"})
     with pytest.raises(resources.EnvironmentContractError, match="needs TENANTML_EVENT_BUS_NAME"):
-        factory.environment(broken)
+        factory.create(broken)
 
 
 def test_sam_local_declares_overridable_placeholders_only_when_asked():

@@ -12,13 +12,12 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from moto_env import AWS, NAMES, lambda_account
+from moto_env import AWS, NAMES, lambda_account, local_functions
 
 from tenantml import resources
 from tenantml.events import DriftDetected, parse_detail
-from tenantml.local.context import LocalFunction, handler_path
+from tenantml.local.context import handler_path
 from tenantml.local.events import EventRuntime
-from tenantml.local.provision import local_environment
 from tenantml.monitoring import build_baseline
 from tenantml.monitoring.capture import encode_frame, frame_key
 from tenantml.registry.dynamo import DynamoRegistry
@@ -67,14 +66,10 @@ def capture(model: str, tenant: str = "acme", *, shift: float = 0.0, rows: int =
 @pytest.fixture
 def runtime(monkeypatch):
     with lambda_account(monkeypatch, "drift_worker"):
-        functions = {}
-        for d in DEFINITIONS:
-            path = FIXTURES / "bus_listener" / "handler.py" if d is ON_DRIFT else handler_path(d.name)
-            env = local_environment(d, NAMES, AWS)
-            env.pop("TENANTML_ENDPOINT_URL", None)
-            if "TENANTML_DRIFT_WINDOW_MINUTES" in env:
-                env["TENANTML_DRIFT_WINDOW_MINUTES"] = "60"     # hourly, as deployed (locally: 5 minutes)
-            functions[d.name] = LocalFunction(d, path, prefix=NAMES.prefix, env=env)
+        functions = local_functions(
+            DEFINITIONS,
+            lambda d: FIXTURES / "bus_listener" / "handler.py" if d is ON_DRIFT else handler_path(d.name),
+            TENANTML_DRIFT_WINDOW_MINUTES="60")     # hourly, as deployed (locally: 5 minutes)
         rt = EventRuntime(functions, AWS, NAMES, definitions=DEFINITIONS, stream_retry_backoff_s=0.01)
         yield rt.provision()
         rt.stop()

@@ -11,13 +11,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from moto_env import AWS, NAMES, lambda_account
+from moto_env import AWS, NAMES, lambda_account, local_functions
 
 from tenantml import resources
 from tenantml.events import AliasChanged, ModelVersionRegistered, parse_detail
-from tenantml.local.context import LocalFunction, handler_path
+from tenantml.local.context import handler_path
 from tenantml.local.events import EventRuntime
-from tenantml.local.provision import local_environment
 from tenantml.registry.dynamo import DynamoRegistry
 from tenantml.registry.memory import manifest_for
 from tenantml.settings import AwsSettings, IdempotencySettings
@@ -55,13 +54,8 @@ class Clock:
 def runtime(monkeypatch):
     resources.validate(DEFINITIONS, (JOBS,))
     with lambda_account(monkeypatch, "publisher"):
-        functions = {}
-        for d in DEFINITIONS:
-            path = handler_path(d.name) if d.name == "publisher" \
-                else FIXTURES / SOURCES[d.name] / "handler.py"
-            env = local_environment(d, NAMES, AWS)
-            env.pop("TENANTML_ENDPOINT_URL", None)
-            functions[d.name] = LocalFunction(d, path, prefix=NAMES.prefix, env=env)
+        functions = local_functions(DEFINITIONS, lambda d: handler_path(d.name) if d.name == "publisher"
+                                    else FIXTURES / SOURCES[d.name] / "handler.py")
         clock = Clock()
         rt = EventRuntime(functions, AWS, NAMES, definitions=DEFINITIONS, queues=(JOBS,), clock=clock,
                           stream_retry_backoff_s=0.01).provision()

@@ -13,26 +13,52 @@ from tenantml_cdk.nag import acknowledge, export_name
 from tenantml_cdk.stateful_stack import PlatformData
 
 ARTIFACT_OBJECTS = f"{resources.ARTIFACT_PREFIX}/*"
+CAPTURE_OBJECTS = "capture/*"
+REPORT_OBJECTS = "reports/*"
 
-# The action wildcards grant_read writes; each is limited to the artifact bucket / its models/ prefix.
+# The action wildcards grant_read writes; each is limited to the artifact bucket / the granted prefix.
 _S3_READ_FINDINGS = {
     "AwsSolutions-IAM5[Action::s3:GetObject*]":
-        "grant_read: GetObject plus its version/ACL/tagging variants on models/* only.",
+        "grant_read: GetObject plus its version/ACL/tagging variants on the granted prefix only.",
     "AwsSolutions-IAM5[Action::s3:GetBucket*]":
         "grant_read: bucket-level Get* (location, versioning) on the artifact bucket only.",
     "AwsSolutions-IAM5[Action::s3:List*]":
-        "grant_read: ListBucket on the artifact bucket, needed to tell a missing artifact (404) from "
-        "a denied one (403).",
+        "grant_read: ListBucket on the artifact bucket, needed to tell a missing object (404) from a "
+        "denied one (403) and to list partitions.",
 }
 
 
-def _acknowledge_artifact_reads(fn: PlatformFunction, data: PlatformData) -> None:
-    bucket_arn = export_name(Stack.of(data.artifact_bucket), data.artifact_bucket.bucket_arn)
-    acknowledge(fn.role, f"AwsSolutions-IAM5[Resource::{bucket_arn}/{ARTIFACT_OBJECTS}]",
-                "Object access is scoped to the models/ prefix of the artifact bucket; keys are "
-                "models/<tenant>/<model>/<version>/<file>, so the prefix needs a trailing wildcard.")
-    for finding, reason in _S3_READ_FINDINGS.items():
-        acknowledge(fn.role, finding, reason)
+class _ArtifactBucket:
+    """Grants on prefixes of the artifact bucket, each with its cdk-nag acknowledgments (once per role).
+    Every prefix's keys are partitioned by tenant, model and version, so it needs a trailing wildcard."""
+
+    def __init__(self, data: PlatformData) -> None:
+        self.bucket = data.artifact_bucket
+        self.arn = export_name(Stack.of(self.bucket), self.bucket.bucket_arn)
+        self._done: set[tuple[int, str]] = set()
+
+    def _ack(self, fn: PlatformFunction, finding: str, reason: str) -> None:
+        if (id(fn.role), finding) not in self._done:
+            self._done.add((id(fn.role), finding))
+            acknowledge(fn.role, finding, reason)
+
+    def _scoped(self, fn: PlatformFunction, prefix: str, why: str) -> None:
+        self._ack(fn, f"AwsSolutions-IAM5[Resource::{self.arn}/{prefix}]",
+                  f"Object access is scoped to the {prefix[:-1]} prefix of the artifact bucket ({why}); its "
+                  "keys are partitioned by tenant, model and version, so it needs a trailing wildcard.")
+
+    def read(self, fn: PlatformFunction, prefix: str, why: str) -> None:
+        self.bucket.grant_read(fn.function, prefix)
+        self._scoped(fn, prefix, why)
+        for finding, reason in _S3_READ_FINDINGS.items():
+            self._ack(fn, finding, reason)
+
+    def put(self, fn: PlatformFunction, prefix: str, why: str) -> None:
+        self.bucket.grant_put(fn.function, prefix)
+        self._scoped(fn, prefix, why)
+        self._ack(fn, "AwsSolutions-IAM5[Action::s3:Abort*]",
+                  f"grant_put: s3:AbortMultipartUpload (Abort*) on {prefix} lets an interrupted upload be "
+                  "cleaned up; it cannot touch other prefixes.")
 
 
 class ServingAccess(Construct):
@@ -41,36 +67,24 @@ class ServingAccess(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, function: PlatformFunction,
                  data: PlatformData) -> None:
         super().__init__(scope, construct_id)
+        bucket = _ArtifactBucket(data)
         data.registry_table.grant_read_data(function.function)
-        data.artifact_bucket.grant_read(function.function, ARTIFACT_OBJECTS)
-        data.artifact_bucket.grant_put(function.function, "capture/*")
-        _acknowledge_artifact_reads(function, data)
-        bucket_arn = export_name(Stack.of(data.artifact_bucket), data.artifact_bucket.bucket_arn)
-        acknowledge(function.role, f"AwsSolutions-IAM5[Resource::{bucket_arn}/capture/*]",
-                    "Traffic capture writes frames under capture/, partitioned by tenant, model, version, "
-                    "date and hour, so the prefix needs a trailing wildcard.")
-        acknowledge(function.role, "AwsSolutions-IAM5[Action::s3:Abort*]",
-                    "grant_put: s3:AbortMultipartUpload on capture/* only.")
+        bucket.read(function, ARTIFACT_OBJECTS, "model artifacts")
+        bucket.put(function, CAPTURE_OBJECTS, "traffic capture frames")
 
 
 class RegistryAccess(Construct):
-    """registry: reads and writes the registry table, reads and puts model artifacts."""
+    """registry: reads and writes the registry table, reads and puts model artifacts, reads reports."""
 
     def __init__(self, scope: Construct, construct_id: str, *, function: PlatformFunction,
                  data: PlatformData) -> None:
         super().__init__(scope, construct_id)
+        bucket = _ArtifactBucket(data)
         data.registry_table.grant_read_write_data(function.function)
-        data.artifact_bucket.grant_read(function.function, ARTIFACT_OBJECTS)
-        data.artifact_bucket.grant_put(function.function, ARTIFACT_OBJECTS)
-        data.artifact_bucket.grant_read(function.function, "reports/*")     # GET /admin/models/{m}/drift
-        _acknowledge_artifact_reads(function, data)
-        bucket_arn = export_name(Stack.of(data.artifact_bucket), data.artifact_bucket.bucket_arn)
-        acknowledge(function.role, f"AwsSolutions-IAM5[Resource::{bucket_arn}/reports/*]",
-                    "The drift admin route reads reports/, partitioned by tenant, model and version (the "
-                    "code lists only the caller tenant's prefix).")
-        acknowledge(function.role, "AwsSolutions-IAM5[Action::s3:Abort*]",
-                    "grant_put: s3:AbortMultipartUpload (Abort*) on models/* lets an interrupted artifact "
-                    "upload be cleaned up; it cannot touch other prefixes.")
+        bucket.read(function, ARTIFACT_OBJECTS, "model artifacts")
+        bucket.put(function, ARTIFACT_OBJECTS, "model artifacts")
+        bucket.read(function, REPORT_OBJECTS, "GET /admin/models/{model}/drift lists only the caller "
+                                              "tenant's reports")
 
 
 class PublisherAccess(Construct):
@@ -82,10 +96,6 @@ class PublisherAccess(Construct):
         data.event_bus.grant_put_events_to(function.function)
 
 
-CAPTURE_OBJECTS = "capture/*"
-REPORT_OBJECTS = "reports/*"
-
-
 class DriftAccess(Construct):
     """drift_scheduler: lists capture, sends jobs, keeps its idempotency records. drift_worker: reads
     capture and model artifacts (the baseline), the registry, writes reports, puts DriftDetected."""
@@ -93,24 +103,12 @@ class DriftAccess(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, scheduler: PlatformFunction,
                  worker: PlatformFunction, data: PlatformData) -> None:
         super().__init__(scope, construct_id)
-        data.artifact_bucket.grant_read(scheduler.function, CAPTURE_OBJECTS)
+        bucket = _ArtifactBucket(data)
+        bucket.read(scheduler, CAPTURE_OBJECTS, "lists the capture partitions")
         data.queues["drift-jobs"].grant_send_messages(scheduler.function)
         data.tables[resources.IDEMPOTENCY_TABLE.id].grant_read_write_data(scheduler.function)
-        data.artifact_bucket.grant_read(worker.function, CAPTURE_OBJECTS)
-        data.artifact_bucket.grant_read(worker.function, ARTIFACT_OBJECTS)
-        data.artifact_bucket.grant_put(worker.function, REPORT_OBJECTS)
+        bucket.read(worker, CAPTURE_OBJECTS, "streams a window's frames")
+        bucket.read(worker, ARTIFACT_OBJECTS, "the version's baseline.json")
+        bucket.put(worker, REPORT_OBJECTS, "drift reports")
         data.registry_table.grant_read_data(worker.function)
         data.event_bus.grant_put_events_to(worker.function)
-        bucket_arn = export_name(Stack.of(data.artifact_bucket), data.artifact_bucket.bucket_arn)
-        for fn, prefixes in ((scheduler, (CAPTURE_OBJECTS,)),
-                             (worker, (CAPTURE_OBJECTS, ARTIFACT_OBJECTS, REPORT_OBJECTS))):
-            for prefix in prefixes:
-                acknowledge(fn.role, f"AwsSolutions-IAM5[Resource::{bucket_arn}/{prefix}]",
-                            f"Object access is scoped to the {prefix[:-2]}/ prefix of the artifact bucket; "
-                            "its keys are partitioned by tenant, model and version, so it needs a trailing "
-                            "wildcard.")
-            for finding, reason in _S3_READ_FINDINGS.items():
-                acknowledge(fn.role, finding, reason)
-        acknowledge(worker.role, "AwsSolutions-IAM5[Action::s3:Abort*]",
-                    "grant_put: s3:AbortMultipartUpload on reports/* lets an interrupted report upload be "
-                    "cleaned up; it cannot touch other prefixes.")

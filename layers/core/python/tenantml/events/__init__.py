@@ -8,11 +8,17 @@ event was published for: delivery is at least once, so consumers deduplicate on 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 SOURCE = "tenantml"
+
+
+def event_time(ts: datetime) -> str:
+    """EventBridge's time format (UTC, whole seconds): envelopes, windows and reports use it."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventDetail(BaseModel):

@@ -42,6 +42,7 @@ from typing import Any
 
 from tenantml import resources
 from tenantml.aws import client
+from tenantml.events import event_time
 from tenantml.local.context import ACCOUNT_ID, FunctionError, FunctionTimeout, LocalFunction
 from tenantml.local.provision import create_queues
 from tenantml.settings import AwsSettings
@@ -52,9 +53,6 @@ RULE_QUEUE_SUFFIX = "rule"
 SCHEDULER_ROLE = f"arn:aws:iam::{ACCOUNT_ID}:role/tenantml-local-scheduler"
 
 
-def iso_time(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def schedule_arn(region: str, name: str) -> str:
     return f"arn:aws:scheduler:{region}:{ACCOUNT_ID}:schedule/default/{name}"
@@ -63,7 +61,7 @@ def schedule_arn(region: str, name: str) -> str:
 def schedule_event(region: str, schedule_name: str, scheduled: datetime) -> dict[str, Any]:
     """The event a schedule delivers (the input template of tenantml_cdk.constructs.triggers)."""
     return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
-            "source": "aws.scheduler", "account": ACCOUNT_ID, "time": iso_time(scheduled), "region": region,
+            "source": "aws.scheduler", "account": ACCOUNT_ID, "time": event_time(scheduled), "region": region,
             "resources": [schedule_arn(region, schedule_name)], "detail": "{}"}
 
 
@@ -185,7 +183,7 @@ class AsyncInvoker:
                     error)
         if self.failure_queue_url:
             self.runtime.sqs.send_message(QueueUrl=self.failure_queue_url, MessageBody=json.dumps({
-                "version": "1.0", "timestamp": iso_time(datetime.now(UTC)),
+                "version": "1.0", "timestamp": event_time(datetime.now(UTC)),
                 "requestContext": {"requestId": str(uuid.uuid4()),
                                    "functionArn": self.runtime.function_arn(self.fn.name),
                                    "condition": "RetriesExhausted", "approximateInvokeCount": attempt},

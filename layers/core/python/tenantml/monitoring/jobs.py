@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tenantml.errors import ModelNotFound, ModelUnavailable
-from tenantml.events import DriftDetected
+from tenantml.events import DriftDetected, event_time
 from tenantml.monitoring.baseline import Baseline
 from tenantml.monitoring.capture import PREFIX, SUFFIX, partition_prefix
 from tenantml.monitoring.report import render_html, report_json
@@ -270,12 +270,9 @@ class DriftScheduler:
                 # are sent again then, which the worker absorbs: a job is deterministic in its window.
                 raise RuntimeError(f"{len(resp['Failed'])} drift jobs were not queued: {resp['Failed'][0]}")
         start, end = window_for(scheduled.time, self.window_minutes)
-        return {"scheduled": _iso_z(scheduled.time), "window": [_iso_z(start), _iso_z(end)],
+        return {"scheduled": event_time(scheduled.time), "window": [event_time(start), event_time(end)],
                 "jobs": len(jobs)}
 
-
-def _iso_z(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def scheduler_from_settings(settings: Any, aws: Any) -> DriftScheduler:

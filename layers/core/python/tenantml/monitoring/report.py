@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import html
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from tenantml.events import event_time
 from tenantml.monitoring.baseline import CategoricalBaseline, NumericBaseline
 from tenantml.monitoring.stats import CategoricalAccumulator, NumericAccumulator, Thresholds
 
 CHART_BINS = 10
 
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _finite(x: Any) -> Any:
@@ -65,8 +62,8 @@ def report_json(job: Any, window: Any | None, thresholds: Thresholds, *, reason:
     """The report of one drift check (`job`: a DriftJob; `window`: the filled Window, or None when there
     was nothing to compare with, `reason` saying why)."""
     head = {"tenant": job.tenant, "model": job.model, "version": job.version,
-            "window": {"start": _iso(job.window_start), "end": _iso(job.window_end)},
-            "generated_for": _iso(job.window_end), "check_id": job.change_id}
+            "window": {"start": event_time(job.window_start), "end": event_time(job.window_end)},
+            "generated_for": event_time(job.window_end), "check_id": job.change_id}
     if window is None:
         return {**head, "verdict": "no_baseline", "summary": reason or "no baseline", "rows": 0, "frames": 0,
                 "share": 0.0, "n_drifted": 0, "features": [], "prediction": None, "schema_mismatch": {},
