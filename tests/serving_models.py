@@ -179,6 +179,62 @@ def tabular_version(owner: str = SHARED_TENANT, name: str = "project-risk", *, z
     return Version(owner, manifest, artifacts, version)
 
 
+# --- text baselines -------------------------------------------------------------------------------
+
+# Reference texts of the tiny text models' baselines: phrases over WORDS (the tokenizer's vocabulary).
+REFERENCE_TEXTS = [" ".join(WORDS[(i * 7 + j * 5) % len(WORDS)] for j in range(2 + i % 5)) for i in range(60)]
+
+
+def tiny_tokens(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens before truncation without [CLS]/[SEP], of them [UNK]) per text, from the tokenizer without
+    truncation: what the capture's token_count and unknown_token_rate must agree with."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json().decode())
+    rows = [tok.encode(t).tokens[1:-1] for t in texts]
+    return (np.array([len(r) for r in rows], dtype=np.int64),
+            np.array([r.count("[UNK]") for r in rows], dtype=np.int64))
+
+
+def tiny_embed(texts: Sequence[str], *, max_length: int = 16, seed: int = 0) -> np.ndarray:
+    """numpy twin of encoder_onnx(pooled=True) with the tokenizer truncating at `max_length`: the mean of
+    the embedding table's rows over the tokens, L2-normalised."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json().decode())
+    tok.enable_truncation(max_length)
+    table = embedding_table(seed=seed).astype(np.float64)
+    out = []
+    for text in texts:
+        e = table[tok.encode(text).ids].mean(axis=0)
+        out.append(e / max(float(np.linalg.norm(e)), 1e-9))
+    return np.asarray(out)
+
+
+def with_text_baseline(v: Version, texts: Sequence[str] = REFERENCE_TEXTS, *, components: int = 3,
+                       seed: int = 0) -> Version:
+    """`v` with a baseline.json of text features (listed and hashed in its manifest): token counts and
+    `components` principal directions of the tiny encoder's embeddings of `texts` (the backbone's, for a
+    head: the fixture's classifier sits on embedding_version(seed=0))."""
+    from tenantml.monitoring.baseline import build_text_baseline
+
+    tokens, unknown = tiny_tokens(texts)
+    embeddings = tiny_embed(texts, seed=seed)
+    head = v.manifest.task == "text-classification"
+    predictions = labels = None
+    if head:   # the head's first label output on the reference, and "true" labels for an accuracy
+        from tenantml.serving.heads import apply_head, load_head
+
+        labs, probs = apply_head(load_head(v.artifacts["head.json"]), embeddings)["category"]
+        predictions = [labs[i] for i in probs.argmax(axis=1)]
+        labels = [labs[0]] * len(texts)
+    baseline = build_text_baseline(tokens, unknown, embeddings, components=components,
+                                   embedding="backbone" if head else "output", predictions=predictions,
+                                   labels=labels)
+    artifacts = {**v.artifacts, "baseline.json": baseline.model_dump_json().encode()}
+    return Version(v.owner, v.manifest.model_copy(update={"files": _files(artifacts)}), artifacts, v.version)
+
+
 # --- registration -------------------------------------------------------------------------------
 
 

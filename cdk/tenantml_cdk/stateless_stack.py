@@ -1,5 +1,5 @@
-"""Stateless stack: layers, functions (with their access constructs), the REST API, the event triggers
-and the serving dashboard/alarms. It only composes constructs; it owns no data."""
+"""Stateless stack: layers, functions (with their access constructs), the REST API, the event triggers,
+the serving dashboard/alarms and the saved cost query. It only composes constructs; it owns no data."""
 
 from __future__ import annotations
 
@@ -13,8 +13,15 @@ from tenantml import resources
 from tenantml.settings import variable
 from tenantml_cdk.bundling import repo_root
 from tenantml_cdk.config import AppConfig
-from tenantml_cdk.constructs.access import DriftAccess, PublisherAccess, RegistryAccess, ServingAccess
+from tenantml_cdk.constructs.access import (
+    DriftAccess,
+    PublisherAccess,
+    RegistryAccess,
+    RolloutAccess,
+    ServingAccess,
+)
 from tenantml_cdk.constructs.api import PlatformApi
+from tenantml_cdk.constructs.cost import CostQuery
 from tenantml_cdk.constructs.functions import FunctionFactory, PlatformFunction
 from tenantml_cdk.constructs.layers import PlatformLayers
 from tenantml_cdk.constructs.monitoring import ServingMonitoring
@@ -47,6 +54,7 @@ class StatelessStack(cdk.Stack):
         PublisherAccess(self, "PublisherAccess", function=self.functions["publisher"], data=data)
         DriftAccess(self, "DriftAccess", scheduler=self.functions["drift_scheduler"],
                     worker=self.functions["drift_worker"], data=data)
+        RolloutAccess(self, "RolloutAccess", function=self.functions["rollback"], data=data)
 
         self.api = PlatformApi(self, "Api", config=config, routes=resources.ROUTES,
                                targets={n: f.invoke_target for n, f in self.functions.items()},
@@ -55,11 +63,17 @@ class StatelessStack(cdk.Stack):
                                             access_logs=self.api.access_logs, functions=self.functions,
                                             alarm_email=config.alarm_email,
                                             dashboard_name=f"tenantml-{config.stage}")
+        self.monitoring.alert_on(data.event_bus, ["DriftDetected", "RolloutRolledBack"])
         self.triggers = EventTriggers(self, "Triggers", functions=self.functions, tables=data.tables,
                                       queues=data.queues, dead_letter_queues=data.dead_letter_queues,
                                       event_bus=data.event_bus, alarm_topic=self.monitoring.topic)
         cdk.CfnOutput(self, "ApiUrl", value=self.api.url, description="base URL of the tenantml API")
         cdk.CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
+        self.cost = CostQuery(self, "Cost", function=self.functions["inference"],
+                              architecture=config.architecture, stage=config.stage)
+        cdk.CfnOutput(self, "InferenceLogGroupName",
+                      value=self.functions["inference"].log_group.log_group_name,
+                      description="TENANTML_COST_LOG_GROUP for tenantml cost")
 
 
 def _drift_period_s() -> int:
@@ -80,11 +94,15 @@ def platform_values(config: AppConfig, data: PlatformData) -> dict[str, str]:
         variable("artifact_bucket"): data.artifact_bucket.bucket_name,
         variable("registry_table"): data.registry_table.table_name,
         variable("idempotency_table"): data.tables[resources.IDEMPOTENCY_TABLE.id].table_name,
+        variable("signals_table"): data.tables[resources.SIGNALS_TABLE.id].table_name,
         variable("event_bus_name"): data.event_bus.event_bus_name,
         **{variable(q.setting): data.queues[q.id].queue_name for q in resources.QUEUES if q.setting},
         # The drift window is the drift schedule's period; capture frames are written at least once a minute.
         variable("drift_window_minutes"): str(_drift_period_s() // 60),
         variable("capture_max_seconds"): "60",
+        # Rollouts: signals written every 10 s, a rollout's change seen by warm environments within 5 s.
+        variable("signals_flush_seconds"): "10",
+        variable("rollout_cache_ttl_seconds"): "5",
         # Lambda's Active tracing records every invocation; SDK subsegments are opt-in (cold start cost).
         variable("tracing"): "true" if config.sdk_tracing else "false",
     }

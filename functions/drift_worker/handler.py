@@ -18,11 +18,12 @@ from tenantml.settings import (
     get_drift_settings,
     get_publisher_settings,
     get_registry_settings,
+    get_signal_settings,
 )
 
 settings = get_drift_settings()
 worker = worker_from_settings(settings, get_registry_settings(), get_publisher_settings(), get_aws_settings(),
-                              metrics=metrics)
+                              metrics=metrics, signals_table=get_signal_settings().signals_table)
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 

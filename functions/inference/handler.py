@@ -10,15 +10,17 @@ from __future__ import annotations
 from aws_lambda_powertools.logging import correlation_paths
 
 from tenantml.api.inference_routes import create_app
+from tenantml.monitoring.cost import metered
 from tenantml.observability import logger, metrics, tracer
 from tenantml.serving.service import build_service
-from tenantml.settings import get_aws_settings, get_serving_settings
+from tenantml.settings import get_aws_settings, get_serving_settings, get_signal_settings
 
 settings = get_serving_settings()
-service = build_service(settings, get_aws_settings())
+service = build_service(settings, get_aws_settings(), signals=get_signal_settings())
 app = create_app(service)
 
 
+@metered(logger)  # outermost: times what Lambda bills; logs each inference's cost record
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics

@@ -10,13 +10,18 @@ stopped, and the process environment restored, when the package's tests are done
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +98,67 @@ def acme(platform) -> str:
 @pytest.fixture(scope="package")
 def globex(platform) -> str:
     return platform.token("globex", ["models:read"])
+
+
+def run_tenantml(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `tenantml` CLI as a user runs it in `folder`: no TENANTML_* or AWS_* variables, so it finds the
+    running platform through the project's .tenantml/."""
+    script = Path(sys.executable).with_name("tenantml")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "tenantml.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TENANTML_", "AWS_"))}
+    return subprocess.run([*cmd, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+@pytest.fixture(scope="package")
+def project(platform, local_home: Path) -> Path:
+    """The folder holding the platform's .tenantml/, with the repository's functions/ and events/."""
+    folder = local_home.parent
+    for name in ("functions", "events"):
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(ROOT / name, target_is_directory=True)
+    assert (local_home / "local.json").is_file()
+    return folder
+
+
+@pytest.fixture(scope="package")
+def cli(project: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`tenantml ARGS...` in the project folder."""
+    return lambda *args: run_tenantml(project, *args)
+
+
+@pytest.fixture(scope="package")
+def cli_at() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`tenantml ARGS...` in a given folder."""
+    return run_tenantml
+
+
+@pytest.fixture(scope="package")
+def bus_tap(platform) -> Callable[..., list[dict]]:
+    """A queue fed by a catch-all rule for tenantml events on the local bus: `bus_tap(n, timeout_s)`
+    returns at least n events (or what arrived by the timeout), and whatever follows them within 1 s."""
+    kw = {"endpoint_url": platform.aws.endpoint_url, "region_name": platform.aws.region}
+    sqs, events = boto3.client("sqs", **kw), boto3.client("events", **kw)
+    url = sqs.create_queue(QueueName="e2e-bus-tap")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="e2e-tap", EventBusName=platform.names.event_bus,
+                    EventPattern=json.dumps({"source": ["tenantml"]}))
+    events.put_targets(Rule="e2e-tap", EventBusName=platform.names.event_bus,
+                       Targets=[{"Id": "q", "Arn": arn}])
+
+    def received(wanted: int, timeout_s: float = 15.0) -> list[dict]:
+        got: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(got) < wanted:
+            for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                    "Messages", []):
+                got.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        time.sleep(1.0)   # and nothing more arrives after them
+        for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            got.append(json.loads(m["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return got
+
+    return received

@@ -4,7 +4,6 @@ whose state file (.tenantml/local.json) gives the functions their environment.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,28 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def project(platform, local_home: Path) -> Path:
-    """The folder holding the platform's .tenantml/, with the repository's functions/ and events/."""
-    folder = local_home.parent
-    for name in ("functions", "events"):
-        link = folder / name
-        if not link.exists():
-            link.symlink_to(ROOT / name, target_is_directory=True)
-    assert (local_home / "local.json").is_file()
-    return folder
-
-
-def tenantml(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    script = Path(sys.executable).with_name("tenantml")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "tenantml.cli"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TENANTML_", "AWS_"))}
-    return subprocess.run([*cmd, *args], cwd=project, env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
-
-
-def test_invoke_health_live(project):
-    done = tenantml(project, "invoke", "inference", "events/inference-health-live.json")
+def test_invoke_health_live(project, cli):
+    done = cli("invoke", "inference", "events/inference-health-live.json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # stdout holds the result and nothing else
     assert result["statusCode"] == 200 and json.loads(result["body"]) == {"live": True}
@@ -61,7 +40,7 @@ def _captured_event(platform, client, token: str, path: str, body: dict) -> dict
     return seen[-1]
 
 
-def test_invoke_reaches_the_local_platform(project, platform, client, acme, tmp_path):
+def test_invoke_reaches_the_local_platform(project, platform, client, acme, tmp_path, cli):
     """A real infer event for tenant acme, replayed through `tenantml invoke`: the handler finds the
     registered model through the state file's environment (moto endpoint, table and bucket names)."""
     body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]}
@@ -69,7 +48,7 @@ def test_invoke_reaches_the_local_platform(project, platform, client, acme, tmp_
     assert event["requestContext"]["authorizer"]["tenant_id"] == "acme"
     path = tmp_path / "embed.json"
     path.write_text(json.dumps(event))
-    done = tenantml(project, "invoke", "inference", str(path))
+    done = cli("invoke", "inference", str(path))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["statusCode"] == 200, result
@@ -90,21 +69,22 @@ def test_invoke_reports_a_failing_handler(project, tmp_path):
     assert "broken raised RuntimeError" in done.stderr
 
 
-def test_models_list_and_token_work_from_any_folder_of_the_project_with_no_variables(project, client):
+def test_models_list_and_token_work_from_any_folder_of_the_project_with_no_variables(project, client,
+                                                                                     cli_at):
     """No TENANTML_* or AWS_* variables (tenantml() strips them): the CLI finds the running platform
     through the project's .tenantml/, from a subfolder too."""
     sub = project / "some" / "subfolder"
     sub.mkdir(parents=True, exist_ok=True)
-    listed = tenantml(sub, "models", "list", "--tenant", "acme")
+    listed = cli_at(sub, "models", "list", "--tenant", "acme")
     assert listed.returncode == 0, listed.stderr
     rows = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
     assert {"minilm-embed", "work-item-classifier", "project-risk"} <= set(rows)
-    minted = tenantml(sub, "token", "--tenant", "acme")
+    minted = cli_at(sub, "token", "--tenant", "acme")
     assert minted.returncode == 0, minted.stderr
     assert client.get("/v2/models", token=minted.stdout.strip()).status == 200   # the platform trusts it
 
 
-def test_drift_run_and_report_against_the_running_platform(project, platform, client):
+def test_drift_run_and_report_against_the_running_platform(project, platform, client, cli):
     """A model registered with a baseline through the admin API, shifted capture frames in its window,
     then `tenantml drift run` (the worker, here) and `tenantml drift report`, with no variables set."""
     import base64
@@ -134,12 +114,12 @@ def test_drift_run_and_report_against_the_running_platform(project, platform, cl
         Bucket=platform.names.buckets["artifacts"], Body=frame,
         Key=frame_key("acme", "e2e-drift-risk", "1", datetime.now(UTC) - timedelta(minutes=5)))
 
-    ran = tenantml(project, "drift", "run", "--tenant", "acme", "--model", "e2e-drift-risk")
+    ran = cli("drift", "run", "--tenant", "acme", "--model", "e2e-drift-risk")
     assert ran.returncode == 0, ran.stderr
-    assert "version 1: drift (DriftDetected published)" in ran.stdout
+    assert "version 1: drift (1 DriftDetected published)" in ran.stdout
     html = Path(ran.stdout.split("report: ")[1].splitlines()[0].strip())
     assert html.is_file() and "<svg" in html.read_text() and "velocity" in html.read_text()
-    listed = tenantml(project, "drift", "report", "--tenant", "acme", "--model", "e2e-drift-risk")
+    listed = cli("drift", "report", "--tenant", "acme", "--model", "e2e-drift-risk")
     assert listed.returncode == 0 and "drift" in listed.stdout and "1 of 1 features drifted" in listed.stdout
     latest = client.get("/admin/models/e2e-drift-risk/drift", token=token).json()["reports"][0]
     assert latest["verdict"] == "drift"

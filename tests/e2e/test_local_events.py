@@ -9,37 +9,8 @@ import json
 import time
 
 import boto3
-import pytest
 
 from tenantml.events import ModelVersionRegistered, parse_detail
-
-
-@pytest.fixture(scope="module")
-def bus_tap(platform):
-    """A queue fed by a catch-all rule for tenantml events on the local bus."""
-    kw = {"endpoint_url": platform.aws.endpoint_url, "region_name": platform.aws.region}
-    sqs, events = boto3.client("sqs", **kw), boto3.client("events", **kw)
-    url = sqs.create_queue(QueueName="e2e-bus-tap")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="e2e-tap", EventBusName=platform.names.event_bus,
-                    EventPattern=json.dumps({"source": ["tenantml"]}))
-    events.put_targets(Rule="e2e-tap", EventBusName=platform.names.event_bus,
-                       Targets=[{"Id": "q", "Arn": arn}])
-
-    def received(wanted: int, timeout_s: float = 15.0) -> list[dict]:
-        got: list[dict] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len(got) < wanted:
-            for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
-                    "Messages", []):
-                got.append(json.loads(m["Body"]))
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-        time.sleep(1.0)   # and nothing more arrives after them
-        for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-            got.append(json.loads(m["Body"]))
-        return got
-
-    return received
 
 
 def test_a_registration_through_the_api_publishes_one_event(client, platform, bus_tap):
@@ -68,21 +39,29 @@ def test_the_runtime_published_the_startup_registrations_too(platform):
 
 
 def test_shifted_traffic_through_the_api_raises_drift_detected_with_an_html_report(client, platform, bus_tap):
-    """Traffic far from project-risk's reference, sent through the local API, is captured; the drift
-    schedule (fired here rather than waited for: locally it runs every 5 minutes) queues its check, and
-    the worker reports drift on the bus with a self-contained HTML report."""
+    """Traffic far from project-risk's reference, sent through the local API, is captured, and ground truth
+    that contradicts its predictions is sent back; the drift schedule (fired here rather than waited for:
+    locally it runs every 5 minutes) queues its check, and the worker reports data drift and an accuracy
+    drop on the bus with a self-contained HTML report."""
     from datetime import UTC, datetime, timedelta
 
     import numpy as np
 
-    token = platform.token("acme", ["models:read"])
+    token = platform.token("acme", ["models:read", "models:feedback"])
     rng = np.random.default_rng(7)
+    feedback = []
     for _ in range(5):
         rows = rng.uniform([400, 200, 80, 40, 200, 500, 300, 3], [900, 400, 160, 80, 400, 900, 600, 6],
                            size=(60, 8)).round(2).tolist()
         reply = client.post("/v2/models/project-risk/infer", token=token, body={
             "inputs": [{"name": "features", "datatype": "FP32", "shape": [60, 8], "data": rows}]})
         assert reply.status == 200, reply.body
+        answer = reply.json()
+        predicted = next(o for o in answer["outputs"] if o["name"] == "risk")["data"]
+        feedback += [{"id": answer["id"], "index": i, "label": "medium" if p != "medium" else "low"}
+                     for i, p in enumerate(predicted)]                       # every prediction was wrong
+    sent = client.post("/v2/models/project-risk/feedback", token=token, body={"feedback": feedback})
+    assert (sent.status, sent.json()) == (202, {"model": "project-risk", "accepted": 300})
     # Write the buffered capture now instead of waiting for the next request after 10 s.
     platform.emulator.functions["inference"].load().service.capture.flush()
     now = datetime.now(UTC)
@@ -90,12 +69,15 @@ def test_shifted_traffic_through_the_api_raises_drift_detected_with_an_html_repo
     platform.events.fire("drift", scheduled)
     found: list[dict] = []
     deadline = time.monotonic() + 45
-    while not found and time.monotonic() < deadline:   # other events may arrive first
-        found = [e for e in bus_tap(1, timeout_s=10) if e["detail-type"] == "DriftDetected"
-                 and e["detail"]["model"] == "project-risk"]
-    (event,) = found
-    detail = event["detail"]
-    assert detail["tenant"] == "acme" and detail["kind"] == "data" and detail["drifted_features"]
+    while len(found) < 2 and time.monotonic() < deadline:   # other events may arrive first
+        found += [e for e in bus_tap(2 - len(found), timeout_s=10) if e["detail-type"] == "DriftDetected"
+                  and e["detail"]["model"] == "project-risk"]
+    by_kind = {e["detail"]["kind"]: e["detail"] for e in found}
+    assert set(by_kind) == {"data", "accuracy"}
+    detail = by_kind["data"]
+    assert detail["tenant"] == "acme" and detail["drifted_features"]
+    accuracy = by_kind["accuracy"]
+    assert accuracy["value"] == 0.0 and accuracy["metric"] == "accuracy" and accuracy["baseline"] > 0.5
     s3 = boto3.client("s3", endpoint_url=platform.aws.endpoint_url, region_name=platform.aws.region)
     page = s3.get_object(Bucket=platform.names.buckets["artifacts"],
                          Key=detail["report"].removesuffix(".json") + ".html")["Body"].read().decode()

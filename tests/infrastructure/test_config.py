@@ -114,5 +114,6 @@ class _FakeData:
     artifact_bucket = _Named("bucket")
     registry_table = _Named("registry")
     event_bus = _Named("bus")
-    tables = {resources.IDEMPOTENCY_TABLE.id: _Named("idempotency")}
+    tables = {resources.IDEMPOTENCY_TABLE.id: _Named("idempotency"),
+              resources.SIGNALS_TABLE.id: _Named("signals")}
     queues = {q.id: _Named(q.id) for q in resources.QUEUES}

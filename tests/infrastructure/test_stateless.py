@@ -141,34 +141,45 @@ def _writes(stateless: dict, name: str) -> list[dict]:
             if any(WRITE_ACTION.match(a) for a in as_list(s["Action"]))]
 
 
-def test_inference_reads_registry_and_artifacts_and_writes_only_capture(stateless):
+def test_inference_reads_registry_and_artifacts_and_writes_only_capture_and_feedback(stateless):
     granted = actions(_statements(stateless, "inference"))
     assert {"dynamodb:GetItem", "dynamodb:Query"} <= granted
     assert any(a.startswith("s3:GetObject") for a in granted)
     writes = _writes(stateless, "inference")
     put_actions = {"s3:PutObject", "s3:PutObjectLegalHold", "s3:PutObjectRetention", "s3:PutObjectTagging",
                    "s3:PutObjectVersionTagging", "s3:Abort*"}
-    assert {a for s in writes for a in as_list(s["Action"])} <= put_actions
-    for statement in writes:
+    s3_writes = [s for s in writes if not _is_signal_counter(s)]
+    assert {a for s in s3_writes for a in as_list(s["Action"])} <= put_actions
+    for statement in s3_writes:
         for resource in as_list(statement["Resource"]):
-            assert resource["Fn::Join"][1][-1] == "/capture/*", resource
+            assert resource["Fn::Join"][1][-1] in ("/capture/*", "/feedback/*"), resource
+    assert [s for s in writes if _is_signal_counter(s)]         # and adds to the rollout signal counters
 
 
-def test_only_the_registry_function_writes_the_registry(stateless):
+def _is_signal_counter(statement: dict) -> bool:
+    """UpdateItem alone, on the signals table only (tenantml.rollout.signals: ADD to counters)."""
+    return as_list(statement["Action"]) == ["dynamodb:UpdateItem"] and all(
+        "TablesSignals" in json.dumps(r) for r in as_list(statement["Resource"]))
+
+
+def test_only_the_registry_and_rollback_functions_write_the_registry(stateless):
     granted = actions(_statements(stateless, "registry"))
     assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "s3:PutObject"} <= granted
-    for name in ("inference", "authorizer"):
-        assert not [a for a in actions(_statements(stateless, name)) if a.startswith("dynamodb:")
-                    and WRITE_ACTION.match(a)]
+    for name in ("inference", "drift_worker"):
+        dynamo_writes = [s for s in _writes(stateless, name)
+                         if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
+        assert dynamo_writes and all(_is_signal_counter(s) for s in dynamo_writes), name
+    for name in ("authorizer", "publisher", "drift_scheduler"):
+        assert not [s for s in _writes(stateless, name) if "TablesRegistry" in json.dumps(s["Resource"])]
     assert not _writes(stateless, "authorizer")
 
 
 # Which prefixes of the artifact bucket each function may read or write objects under.
 OBJECT_PREFIXES = {
-    "inference": {"/models/*", "/capture/*"},      # capture: the traffic sample for drift checks
+    "inference": {"/models/*", "/capture/*", "/feedback/*"},   # capture and ground truth for drift checks
     "registry": {"/models/*", "/reports/*"},       # reports: GET /admin/models/{model}/drift
     "drift_scheduler": {"/capture/*"},
-    "drift_worker": {"/capture/*", "/models/*", "/reports/*"},
+    "drift_worker": {"/capture/*", "/feedback/*", "/models/*", "/reports/*"},
 }
 
 
@@ -283,6 +294,8 @@ def _alarm_text(stateless: dict) -> list[str]:
     ("authorizer denies", ["AuthorizerDenied"]),
     ("throttles", ['"Throttles"', "ApiThrottled"]),
     ("model-load failures", ["SELECT SUM(ModelLoadFailure) FROM tenantml"]),
+    ("capture failures", ["SELECT SUM(CaptureFailures) FROM tenantml"]),
+    ("drift job errors", ['"Errors"', "DriftSchedulerFunction", "DriftWorkerFunction"]),
 ])
 def test_serving_signal_has_an_alarm(stateless, signal, needles):
     assert any(all(n in text for n in needles) for text in _alarm_text(stateless)), signal

@@ -20,6 +20,7 @@ from tenantml.local.context import handler_path
 from tenantml.local.events import EventRuntime
 from tenantml.monitoring import build_baseline
 from tenantml.monitoring.capture import encode_frame, frame_key
+from tenantml.monitoring.feedback import FeedbackBatch, encode_batch, feedback_key
 from tenantml.registry.dynamo import DynamoRegistry
 from tenantml.registry.memory import manifest_for
 from tenantml.registry.s3 import S3ArtifactStore
@@ -35,9 +36,13 @@ LEVELS = ["low", "medium", "high"]
 
 
 def reference(rows: int = 5000, seed: int = 0):
+    """Predictions right 80% of the time against their labels: a baseline accuracy of 0.8."""
     rng = np.random.default_rng(seed)
+    predictions = rng.choice(LEVELS, rows, p=[.5, .3, .2])
+    truth = np.where(np.arange(rows) % 5 == 0, np.roll(predictions, 1), predictions)
+    truth[(np.arange(rows) % 5 == 0) & (truth == predictions)] = "unknowable"
     return build_baseline({"velocity": rng.normal(20, 5, rows), "overdue": rng.poisson(3, rows)},
-                          predictions=rng.choice(LEVELS, rows, p=[.5, .3, .2]))
+                          predictions=predictions, labels=truth)
 
 
 def register(model: str, tenant: str = "acme", *, with_baseline: bool = True) -> None:
@@ -51,12 +56,12 @@ def register(model: str, tenant: str = "acme", *, with_baseline: bool = True) ->
 
 
 def capture(model: str, tenant: str = "acme", *, shift: float = 0.0, rows: int = 2000, at=IN_WINDOW,
-            seed: int = 1) -> str:
+            seed: int = 1, ids: str = "r") -> str:
     rng = np.random.default_rng(seed)
     data = encode_frame(tenant, model, "1", numeric={"velocity": rng.normal(20 + shift, 5, rows),
                                                      "overdue": rng.poisson(3, rows)},
-                        categorical={"prediction": rng.choice(LEVELS, rows, p=[.5, .3, .2])},
-                        request_ids=[f"r{i}" for i in range(rows)])
+                        categorical={"prediction": predicted(rows, seed)},
+                        request_ids=[f"{ids}{i}" for i in range(rows)])
     key = frame_key(tenant, model, "1", at)
     boto3.client("s3", region_name="us-east-1").put_object(Bucket=NAMES.buckets["artifacts"], Key=key,
                                                            Body=data)
@@ -73,6 +78,20 @@ def runtime(monkeypatch):
         rt = EventRuntime(functions, AWS, NAMES, definitions=DEFINITIONS, stream_retry_backoff_s=0.01)
         yield rt.provision()
         rt.stop()
+
+
+def predicted(rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng([seed, 7]).choice(LEVELS, rows, p=[.5, .3, .2])
+
+
+def send_feedback(model: str, tenant: str, ids: list[str], labels: list[str], at=IN_WINDOW) -> None:
+    """What POST /v2/models/{model}/feedback stores (tenantml.monitoring.feedback)."""
+    for i in range(0, len(ids), 1000):
+        batch = FeedbackBatch.model_validate({"feedback": [
+            {"id": r, "label": y} for r, y in zip(ids[i:i + 1000], labels[i:i + 1000], strict=True)]})
+        boto3.client("s3", region_name="us-east-1").put_object(
+            Bucket=NAMES.buckets["artifacts"], Key=feedback_key(tenant, model, at),
+            Body=encode_batch(tenant, model, batch, at))
 
 
 def s3_json(key: str) -> dict:
@@ -210,3 +229,56 @@ def test_the_admin_api_lists_only_the_callers_reports(runtime, load_handler, loa
     assert foreign[0] == missing[0] == 404
     assert foreign[1] == {"error": "model 'project-risk' not found"}
     assert missing[1] == {"error": "model 'no-such-model' not found"}
+
+
+def labelled(rows: int, seed: int, right: float) -> list[str]:
+    """Labels for the first `rows` captured predictions: the prediction for a share `right` of them."""
+    pred = predicted(2000, seed)[:rows]
+    wrong = np.arange(rows) >= int(right * rows)
+    return np.where(wrong, "none of them", pred).tolist()
+
+
+def test_an_accuracy_drop_is_reported_and_announced_with_its_trend(runtime):
+    register("project-risk")
+    capture("project-risk", at=IN_WINDOW - timedelta(hours=1), seed=2)           # the window before
+    send_feedback("project-risk", "acme", [f"r{i}" for i in range(300)], labelled(300, 2, 0.80),
+                  at=IN_WINDOW - timedelta(hours=1))
+    runtime.fire("drift", SCHEDULED - timedelta(hours=1))
+    runtime.run_until_idle()
+    capture("project-risk", seed=1)
+    send_feedback("project-risk", "acme", [f"r{i}" for i in range(300)], labelled(300, 1, 0.70))
+    runtime.fire("drift", SCHEDULED)
+    runtime.run_until_idle()
+    report = s3_json("reports/tenant=acme/model=project-risk/version=1/2026-11-30T18-00Z.json")
+    acc = report["accuracy"]
+    assert acc["metric"] == "accuracy" and acc["verdict"] == "drop" and acc["matched"] == 300
+    assert acc["value"] == pytest.approx(0.70) and acc["baseline"] == pytest.approx(0.8)
+    assert [round(t["value"], 2) for t in acc["trend"]] == [0.8, 0.7]
+    assert report["verdict"] == "no_drift" and report["drift"]["accuracy"] is True
+    (event,) = drift_events(runtime)
+    assert (event.kind, event.metric, event.tenant) == ("accuracy", "accuracy", "acme")
+    assert event.value == pytest.approx(0.70) and event.baseline == pytest.approx(0.8)
+    page = boto3.client("s3", region_name="us-east-1").get_object(
+        Bucket=NAMES.buckets["artifacts"], Key=event.report.replace(".json", ".html"))["Body"].read().decode()
+    assert "Ground truth: accuracy" in page and "<polyline" in page
+
+
+def test_feedback_for_another_tenants_requests_joins_nothing(runtime):
+    """globex labels acme's request ids (it saw them somehow) on the shared model both call: the feedback
+    is stored under globex, matches none of globex's predictions and never touches acme's accuracy."""
+    register("project-risk", tenant="_shared")
+    capture("project-risk", tenant="acme", seed=1, ids="acme-")
+    capture("project-risk", tenant="globex", seed=2, ids="globex-")
+    acme_ids = [f"acme-{i}" for i in range(300)]
+    send_feedback("project-risk", "acme", acme_ids, labelled(300, 1, 0.80))
+    send_feedback("project-risk", "globex", acme_ids, ["none of them"] * 300)     # foreign ids
+    send_feedback("project-risk", "globex", [f"nope-{i}" for i in range(300)], ["low"] * 300)   # unknown
+    runtime.fire("drift", SCHEDULED)
+    runtime.run_until_idle()
+    acme = s3_json("reports/tenant=acme/model=project-risk/version=1/2026-11-30T18-00Z.json")["accuracy"]
+    globex = s3_json("reports/tenant=globex/model=project-risk/version=1/2026-11-30T18-00Z.json")["accuracy"]
+    assert (acme["matched"], acme["unmatched"], acme["verdict"]) == (300, 0, "ok")
+    assert acme["value"] == pytest.approx(0.80)
+    assert (globex["matched"], globex["unmatched"], globex["feedback"]) == (0, 600, 600)
+    assert globex["verdict"] == "insufficient_data"
+    assert drift_events(runtime) == []

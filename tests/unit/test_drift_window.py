@@ -1,12 +1,14 @@
 """A drift window streamed over capture frames: the same verdict as the accumulators fed directly,
-memory flat in the row count, schema mismatches counted, foreign or corrupt frames refused."""
+memory flat in the row count, schema mismatches counted, foreign or corrupt frames refused; a text model's
+derived columns, from the capture path into frames, flag a shifted text population and not a fresh sample
+of the reference one."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tenantml.monitoring import build_baseline
+from tenantml.monitoring import build_baseline, build_text_baseline
 from tenantml.monitoring.capture import CorruptFrame, decode_frame, encode_frame
 from tenantml.monitoring.window import Window
 
@@ -83,3 +85,65 @@ def test_foreign_and_corrupt_frames_are_refused():
         window.add(next(frames(1, 10, owner=("globex", "project-risk", "3"))))
     with pytest.raises(CorruptFrame):
         window.add(b"garbage")
+
+
+# --- text models -------------------------------------------------------------------------------------------
+
+TEXT_OWNER = ("acme", "work-item-classifier", "1")
+TEXT_FEATURES = ["token_count", "unknown_token_rate", "embedding_pc1", "embedding_pc2", "embedding_pc3"]
+
+
+def texts(n: int, *, shifted: bool, seed: int):
+    """A population of texts as a text model sees them: token counts, unknown tokens and unit embeddings
+    (384-d) from a mixture of 6 topics. The shifted population (say, pasted code) is longer, has more
+    unknown tokens, and its own topics."""
+    rng = np.random.default_rng(seed)
+    topics = np.random.default_rng(100 + shifted).normal(size=(6, 384))
+    e = topics[rng.integers(0, 6, n)] + rng.normal(scale=1.5, size=(n, 384))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    tokens = rng.poisson(60 if shifted else 16, n) + 1
+    unknown = rng.binomial(tokens, 0.05 if shifted else 0.002)
+    return tokens, unknown, e.astype(np.float32)
+
+
+def text_frames(n_frames: int, rows: int, base, *, shifted: bool, seed: int):
+    """Frames as the inference function writes them: the derived columns computed by the capture path
+    (serving.capture.text_columns, with the projection read back from baseline.json)."""
+    from tenantml.serving.capture import TextSignals, projection_from_baseline, text_columns
+
+    projection = projection_from_baseline(base.model_dump_json().encode())
+    for i in range(n_frames):
+        tokens, unknown, e = texts(rows, shifted=shifted, seed=seed + i)
+        cols = text_columns(TextSignals(["t"] * rows, tokens, unknown, e, projection))
+        yield encode_frame(*TEXT_OWNER, numeric=cols,
+                           categorical={"prediction": np.random.default_rng(seed + i).choice(LEVELS, rows)})
+
+
+def text_reference():
+    tokens, unknown, e = texts(2000, shifted=False, seed=0)
+    return build_text_baseline(tokens, unknown, e, embedding="backbone",
+                               predictions=np.random.default_rng(1).choice(LEVELS, 500))
+
+
+def test_text_features_flag_a_shifted_population_and_not_the_same_one():
+    base = text_reference()
+    same = Window(base, TEXT_OWNER).add_all(text_frames(3, 200, base, shifted=False, seed=10)).evaluate()
+    assert [f.name for f in same.features] == TEXT_FEATURES
+    assert same.verdict == "no_drift" and same.n_drifted == 0, [f.reasons for f in same.features]
+    moved = Window(base, TEXT_OWNER).add_all(text_frames(3, 200, base, shifted=True, seed=10)).evaluate()
+    assert moved.verdict == "drift"
+    assert {f.name for f in moved.features if f.drifted} == set(TEXT_FEATURES)
+    assert moved.prediction is not None and not moved.prediction.drifted       # only the inputs moved
+
+
+def test_a_text_window_missing_its_projection_columns_counts_the_mismatch():
+    """A baseline with a projection and frames without embedding_pc* (a model served without a usable
+    projection): the rows are counted per missing feature, never read as 'no drift'."""
+    base = text_reference()
+    tokens, unknown, _ = texts(300, shifted=False, seed=5)
+    frame = encode_frame(*TEXT_OWNER, numeric={"token_count": tokens, "unknown_token_rate": unknown / tokens},
+                         categorical={"prediction": ["low"] * 300})
+    window = Window(base, TEXT_OWNER).add_all([frame])
+    assert window.counts.schema_mismatch == {f"embedding_pc{k}": 300 for k in (1, 2, 3)}
+    verdicts = {f.name: f.verdict for f in window.evaluate().features}
+    assert verdicts["embedding_pc1"] == "insufficient_data" and verdicts["token_count"] == "no_drift"

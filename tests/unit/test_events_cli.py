@@ -61,7 +61,7 @@ def test_fire_runs_the_target_with_the_scheduler_envelope(project, monkeypatch, 
 
 
 @pytest.mark.parametrize(("argv", "rc", "message"), [
-    (["events", "fire", "nope"], 2, "no schedule 'nope'; declared: drift, tick"),
+    (["events", "fire", "nope"], 2, "no schedule 'nope'; declared: drift, rollout, tick"),
     (["events", "fire", "tick", "--time", "yesterday"], 2, "--time must be ISO 8601"),
     (["events", "fire", "tick"], 1, "no local platform is running; start the local platform with"),
 ])

@@ -1,5 +1,6 @@
 """Pre/post-processing shared by the Lambda path and the GPU container: tokenization (truncation, padding,
-feeds), pooling, embedding wiring against a numpy reference, heads, and skl2onnx tabular outputs."""
+feeds, token counts before truncation), pooling, embedding wiring against a numpy reference, heads, and
+skl2onnx tabular outputs."""
 
 from __future__ import annotations
 
@@ -68,6 +69,30 @@ def test_single_text_path_matches_batch_path(tok):
     one, _ = processing.encode_texts(tok, ["the app crash"])
     many, _ = processing.encode_texts(tok, ["the app crash", "the app crash"])
     np.testing.assert_array_equal(one["input_ids"][0], many["input_ids"][0])
+
+
+def test_token_counts_include_the_overflow_of_truncated_texts(tok):
+    """count_tokens on the batch's own tokenization (max_length 8: six word pieces a text) against the
+    tokenizer without truncation; [CLS], [SEP] and padding never count."""
+    texts = ["login", "", "the zebra page fails in the dark mode of the app again zebra", "crash " * 13]
+    encodings = processing.tokenize(tok, texts)
+    feeds, mask = processing.token_feeds(encodings)
+    facts = processing.token_facts(tok)
+    assert facts == processing.TokenFacts(unk_id=1, specials=2, max_length=8, pad_id=0)
+    counts = processing.count_tokens(encodings, feeds["input_ids"], mask, facts)
+    full = Tokenizer.from_str(sm.tokenizer_json().decode())
+    assert counts.tokens.tolist() == [len(full.encode(t).ids) - 2 for t in texts] == [1, 0, 13, 13]
+    assert counts.unknown.tolist() == [full.encode(t).tokens.count("[UNK]") for t in texts] == [0, 0, 5, 0]
+    one = processing.tokenize(tok, texts[2:3])                       # the single-text path: the same
+    f1, m1 = processing.token_feeds(one)
+    assert processing.count_tokens(one, f1["input_ids"], m1, facts).tokens.tolist() == [13]
+    # A tokenizer without an unknown token counts none; one that pads with it ignores the padding.
+    none = processing.count_tokens(encodings, feeds["input_ids"], mask,
+                                   processing.TokenFacts(unk_id=None, specials=2, max_length=8))
+    assert none.unknown.tolist() == [0, 0, 0, 0]
+    pads = processing.count_tokens(encodings, feeds["input_ids"], mask,
+                                   processing.TokenFacts(unk_id=0, specials=2, max_length=8, pad_id=0))
+    assert pads.unknown.tolist() == [0, 0, 0, 0]
 
 
 def test_configure_keeps_the_declared_pad_token():

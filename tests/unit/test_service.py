@@ -472,3 +472,110 @@ def test_manifest_backbone_ref_is_used(world, service):
     sm.register(registry, store, v)
     service.infer("acme", "on-v2", None, text_body())
     assert ("_shared", "minilm-embed", "2") in set(service.runtime.loaded())
+
+
+# --- capture of text models: derived features -------------------------------------------------------
+
+
+def _text_world(clock, *, prediction_cache_size: int = 2048):
+    """Both text models with a baseline.json (tests/serving_models.with_text_baseline), a service that
+    captures every request into frames kept in memory."""
+    from tenantml.serving.capture import CaptureSink
+
+    registry, store = MemoryRegistry(), MemoryArtifactStore()
+    sm.register(registry, store, sm.with_text_baseline(sm.embedding_version()))
+    sm.register(registry, store, sm.with_text_baseline(sm.classifier_version("acme")))
+    written: dict[str, bytes] = {}
+    sink = CaptureSink(written.__setitem__, max_rows=10**6)
+    svc = InferenceService(registry=registry, store=store, timer=clock, capture=sink,
+                           settings=settings(prediction_cache_size=prediction_cache_size))
+    return svc, store, written
+
+
+def _frames(svc, written) -> dict[str, object]:
+    from tenantml.monitoring.capture import decode_frame
+
+    svc.capture.flush()
+    return {decode_frame(d).model: decode_frame(d) for d in written.values()}
+
+
+def _expected(texts, store, owner, model):
+    """The derived columns computed independently: tokens from the tokenizer without truncation, the
+    embedding from the numpy twin of the tiny encoder, the projection from the stored baseline.json."""
+    from tenantml.monitoring import Baseline
+
+    baseline = Baseline.model_validate_json(store.get(owner, model, "1", "baseline.json"))
+    tokens, unknown = sm.tiny_tokens(texts)
+    coords = baseline.text.projection.project(sm.tiny_embed(texts))
+    return tokens, unknown / np.maximum(tokens, 1), coords
+
+
+TEXT_CAPTURE = ["the login page fails", "zebra stripes on the app", "add dark mode please " * 6]
+
+
+def test_text_models_capture_token_counts_and_embedding_projections(clock):
+    svc, store, written = _text_world(clock)
+    embedded = outputs(svc.infer("acme", "minilm-embed", None, text_body(TEXT_CAPTURE), request_id="r1"))
+    labelled = outputs(svc.infer("acme", "work-item-classifier", None, text_body(TEXT_CAPTURE),
+                                 request_id="r2"))
+    frames = _frames(svc, written)
+    for model, owner in (("minilm-embed", "_shared"), ("work-item-classifier", "acme")):
+        frame = frames[model]
+        tokens, rate, coords = _expected(TEXT_CAPTURE, store, owner, model)
+        assert set(frame.numeric) == {"token_count", "unknown_token_rate", "embedding_pc1", "embedding_pc2",
+                                      "embedding_pc3"}
+        assert frame.numeric["token_count"].tolist() == tokens.tolist() == [4, 5, 24]   # 24 > max_length 16
+        np.testing.assert_allclose(frame.numeric["unknown_token_rate"], rate, atol=1e-7)
+        assert rate[1] == pytest.approx(3 / 5)                                   # zebra, stripes, on
+        for k in range(3):
+            np.testing.assert_allclose(frame.numeric[f"embedding_pc{k + 1}"], coords[:, k], atol=1e-5)
+    # The encoder's projection is of its output; the head's of the backbone embedding it consumed (the same
+    # encoder here): the same coordinates for the same texts.
+    assert np.allclose(np.asarray(embedded["embedding"]["data"]).reshape(3, sm.DIM),
+                       sm.tiny_embed(TEXT_CAPTURE), atol=1e-5)
+    assert "embedding" not in frames["minilm-embed"].categorical                    # no prediction column
+    codes, labels = frames["work-item-classifier"].categorical["prediction"]
+    assert [labels[c] for c in codes] == labelled["category"]["data"]               # the first label output
+
+
+@pytest.mark.parametrize("cache_size", [2048, 0])
+def test_a_prediction_cache_hit_is_captured_with_the_columns_of_the_prediction_it_repeats(clock, cache_size):
+    svc, _, written = _text_world(clock, prediction_cache_size=cache_size)
+    for rid in ("r1", "r2"):
+        svc.infer("acme", "work-item-classifier", None, text_body(TEXT_CAPTURE), request_id=rid)
+    frame = _frames(svc, written)["work-item-classifier"]
+    if cache_size:        # the hit ran no model: its columns come from the memo, equal to the first's
+        assert frame.request_ids.tolist() == [b"r1"] * 3 + [b"r2"] * 3
+        for values in frame.numeric.values():
+            assert values[:3].tolist() == values[3:].tolist()
+    else:                 # no cache: both requests ran the model
+        assert frame.rows == 6 and len(svc.capture.text_memo) == 0
+
+
+def test_a_text_model_without_a_usable_projection_is_served_and_captures_only_counts(clock):
+    from tenantml.serving.capture import CaptureSink
+
+    registry, store = MemoryRegistry(), MemoryArtifactStore()
+    narrow = sm.with_text_baseline(sm.embedding_version())
+    wide = sm.with_text_baseline(sm.embedding_version(name="wide"))   # projection of 8-d, model of 8-d
+    sm.register(registry, store, narrow)
+    doc = json.loads(wide.artifacts["baseline.json"])
+    doc["text"]["projection"]["mean"] = doc["text"]["projection"]["mean"] + [0.0]   # 9-d: does not fit
+    doc["text"]["projection"]["components"] = [c + [0.0] for c in doc["text"]["projection"]["components"]]
+    doc["text"]["projection"]["dim"] = 9
+    wide.artifacts["baseline.json"] = json.dumps(doc).encode()
+    wide.manifest = wide.manifest.model_copy(update={"files": sm._files(wide.artifacts)})
+    sm.register(registry, store, wide)
+    written: dict[str, bytes] = {}
+    svc = InferenceService(registry=registry, store=store, settings=settings(), timer=clock,
+                           capture=CaptureSink(written.__setitem__))
+    assert outputs(svc.infer("acme", "wide", None, text_body()))["embedding"]["shape"] == [2, sm.DIM]
+    assert set(_frames(svc, written)["wide"].numeric) == {"token_count", "unknown_token_rate"}
+
+
+def test_a_corrupt_baseline_json_makes_a_text_model_unavailable_like_any_artifact(clock):
+    svc, store, _ = _text_world(clock)
+    key = store.key("_shared", "minilm-embed", "1", "baseline.json")
+    store.objects[key] = store.objects[key].replace(b'"count"', b'"cOunt"', 1)
+    err = error_of(svc.infer, "acme", "minilm-embed", None, text_body())
+    assert err.status == 503 and "sha256" in err.detail

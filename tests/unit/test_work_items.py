@@ -255,6 +255,34 @@ def test_build_classifier_end_to_end(tmp_path: Path, embed):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
 
 
+def test_build_classifier_with_a_token_counter_writes_its_drift_baseline(tmp_path: Path, embed):
+    """With the backbone's token counts (here a stand-in: whitespace words, '?' unknown) the build writes
+    baseline.json, listed and hashed in the manifest: every row's derived text features, and as the
+    prediction the first label output (category) of the held-out head on the held-out rows, whose accuracy
+    is the held-out accuracy of the metrics."""
+    from tenantml.example_models.text_baseline import reference_texts
+    from tenantml.monitoring import Baseline
+    from tenantml.serving.processing import TokenCounts
+
+    def count(texts):
+        words = [t.split() for t in texts]
+        return TokenCounts(np.array([len(w) for w in words]), np.array([w.count("?") for w in words]))
+
+    metrics = build_classifier(tmp_path, embed, BACKBONE, c_grid=(4.0,), count_tokens=count)
+    manifest = Manifest.model_validate_json((tmp_path / "manifest.json").read_bytes())
+    baseline = Baseline.model_validate_json(verify_file(manifest, "baseline.json",
+                                                        (tmp_path / "baseline.json").read_bytes()))
+    texts = load_work_items().texts
+    assert reference_texts() == texts
+    assert baseline.text.embedding == "backbone" and baseline.text.projection.dim == DIM
+    assert baseline.numeric["token_count"].count == len(texts)
+    assert baseline.numeric["token_count"].mean == pytest.approx(np.mean([len(t.split()) for t in texts]))
+    assert set(baseline.prediction.proportions) <= {*LABELS["category"], "__other__"}
+    assert baseline.performance.count == metrics["n_test"]
+    assert round(baseline.performance.accuracy, 4) == metrics["category"]["accuracy"]
+    assert manifest.build["baseline"]["prediction"] == "category"
+
+
 def test_regularisation_is_chosen_by_cross_validation(embed):
     items = load_work_items()
     x, y = embed(items.texts[:160]), items.labels["category"][:160]

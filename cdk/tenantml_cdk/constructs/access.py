@@ -4,7 +4,10 @@ its own, doing its grants (the stateless stack only composes). Triggers grant wh
 
 from __future__ import annotations
 
-from aws_cdk import Stack
+from typing import Any
+
+from aws_cdk import ArnFormat, Stack
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from tenantml import resources
@@ -15,6 +18,7 @@ from tenantml_cdk.stateful_stack import PlatformData
 ARTIFACT_OBJECTS = f"{resources.ARTIFACT_PREFIX}/*"
 CAPTURE_OBJECTS = "capture/*"
 REPORT_OBJECTS = "reports/*"
+FEEDBACK_OBJECTS = "feedback/*"
 
 # The action wildcards grant_read writes; each is limited to the artifact bucket / the granted prefix.
 _S3_READ_FINDINGS = {
@@ -62,7 +66,8 @@ class _ArtifactBucket:
 
 
 class ServingAccess(Construct):
-    """inference: reads the registry and the model artifacts; writes capture frames, nothing else."""
+    """inference: reads the registry and the model artifacts; writes capture frames, ground-truth
+    feedback and rollout signals (UpdateItem ADD on the signals table), nothing else."""
 
     def __init__(self, scope: Construct, construct_id: str, *, function: PlatformFunction,
                  data: PlatformData) -> None:
@@ -71,10 +76,13 @@ class ServingAccess(Construct):
         data.registry_table.grant_read_data(function.function)
         bucket.read(function, ARTIFACT_OBJECTS, "model artifacts")
         bucket.put(function, CAPTURE_OBJECTS, "traffic capture frames")
+        bucket.put(function, FEEDBACK_OBJECTS, "ground-truth feedback (POST /v2/models/{model}/feedback)")
+        _add_signals(function, data)
 
 
 class RegistryAccess(Construct):
-    """registry: reads and writes the registry table, reads and puts model artifacts, reads reports."""
+    """registry: reads and writes the registry table (versions, aliases, rollouts), reads and puts model
+    artifacts, reads reports and rollout signals (the rollout status)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, function: PlatformFunction,
                  data: PlatformData) -> None:
@@ -85,6 +93,7 @@ class RegistryAccess(Construct):
         bucket.put(function, ARTIFACT_OBJECTS, "model artifacts")
         bucket.read(function, REPORT_OBJECTS, "GET /admin/models/{model}/drift lists only the caller "
                                               "tenant's reports")
+        data.tables[resources.SIGNALS_TABLE.id].grant_read_data(function.function)
 
 
 class PublisherAccess(Construct):
@@ -108,7 +117,59 @@ class DriftAccess(Construct):
         data.queues["drift-jobs"].grant_send_messages(scheduler.function)
         data.tables[resources.IDEMPOTENCY_TABLE.id].grant_read_write_data(scheduler.function)
         bucket.read(worker, CAPTURE_OBJECTS, "streams a window's frames")
+        bucket.read(worker, FEEDBACK_OBJECTS, "joins ground truth with the window's predictions")
         bucket.read(worker, ARTIFACT_OBJECTS, "the version's baseline.json")
         bucket.put(worker, REPORT_OBJECTS, "drift reports")
         data.registry_table.grant_read_data(worker.function)
         data.event_bus.grant_put_events_to(worker.function)
+        _add_signals(worker, data)
+
+
+def _add_signals(fn: PlatformFunction, data: PlatformData) -> None:
+    """Adds to the rollout signal counters (tenantml.rollout.signals): UpdateItem only, no reads."""
+    data.tables[resources.SIGNALS_TABLE.id].grant(fn.function, "dynamodb:UpdateItem")
+
+
+
+class RolloutAccess(Construct):
+    """rollback: reads and writes the registry table (rollout state) and, where the stack has it, the
+    signals table; manages the candidate's alarms (tenantml.rollout.alarms): PutMetricAlarm, DeleteAlarms
+    and DescribeAlarms on `alarm:tenantml-rollout-*` of this account and region only. DescribeAlarms needs
+    `*` only to see composite alarms (CloudWatch permissions reference); AlarmManager lists metric alarms,
+    so the prefix is enough there too, and the role holds no Resource::* for CloudWatch."""
+
+    ALARM_NAMES = f"{resources.ROLLOUT_ALARM_PREFIX}*"
+    ALARM_ACTIONS = ("cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms", "cloudwatch:DescribeAlarms")
+
+    def __init__(self, scope: Construct, construct_id: str, *, function: PlatformFunction,
+                 data: PlatformData) -> None:
+        super().__init__(scope, construct_id)
+        data.registry_table.grant_read_write_data(function.function)
+        if resources.SIGNALS_TABLE.id in data.tables:
+            data.tables[resources.SIGNALS_TABLE.id].grant_read_write_data(function.function)
+        stack = Stack.of(self)
+        alarms = stack.format_arn(service="cloudwatch", resource="alarm", resource_name=self.ALARM_NAMES,
+                                  arn_format=ArnFormat.COLON_RESOURCE_NAME)
+        function.function.add_to_role_policy(iam.PolicyStatement(
+            sid="RolloutAlarms", actions=list(self.ALARM_ACTIONS), resources=[alarms]))
+        acknowledge(function.role, f"AwsSolutions-IAM5[Resource::{self._nag_text(stack, alarms)}]",
+                    "The rollback function creates and deletes one rollout's alarms at a time, named "
+                    f"{resources.ROLLOUT_ALARM_PREFIX}<rollout id>-<signal>; rollouts are created at run "
+                    "time, so the ARN needs the trailing wildcard. It covers the rollout alarm prefix of "
+                    "this account and region only.")
+
+    @staticmethod
+    def _nag_text(stack: Stack, value: str) -> str:
+        """How cdk-nag prints a resource: pseudo parameters and references as <AWS::Region>, <Id.Attr>."""
+        resolved: Any = stack.resolve(value)
+        if isinstance(resolved, str):
+            return resolved
+
+        def text(part: Any) -> str:
+            if isinstance(part, str):
+                return part
+            if "Ref" in part:
+                return f"<{part['Ref']}>"
+            return "<{}.{}>".format(*part["Fn::GetAtt"])
+
+        return "".join(text(p) for p in resolved["Fn::Join"][1])

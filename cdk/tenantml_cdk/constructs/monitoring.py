@@ -16,6 +16,12 @@ Signals and where each comes from:
                         the metric over every dimension combination and returns one time series: valid
                         in an AWS::CloudWatch::Alarm (Metrics[].Expression + Period), needs no list of
                         models and stays correct as models are added. (SEARCH() is not allowed in alarms.)
+* capture failures      the inference function's EMF metric `CaptureFailures` (a capture frame that could
+                        not be written: its rows are dropped, the predictions were not affected), summed
+                        the same way
+* drift job errors      Lambda `Errors` of drift_scheduler and drift_worker (a job that failed is retried
+                        and then reaches its DLQ, whose depth has its own alarm in triggers.py; this one
+                        fires on the first failure)
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -39,6 +47,8 @@ from tenantml_cdk.constructs.functions import PlatformFunction
 
 PERIOD = Duration.minutes(5)
 MODEL_LOAD_FAILURE = "ModelLoadFailure"
+CAPTURE_FAILURES = "CaptureFailures"
+DRIFT_FUNCTIONS = ("drift_scheduler", "drift_worker")
 AUTHORIZER_DENIED = "AuthorizerDenied"
 API_THROTTLED = "ApiThrottled"
 
@@ -53,9 +63,19 @@ class AlarmThresholds:
     authorizer_denies: float = 100.0           # per 5 minutes: IdP misconfiguration or token stuffing
     throttles: float = 10.0                    # per 5 minutes, Lambda + API 429
     model_load_failures: float = 1.0           # any: a model that cannot load is a broken rollout
+    capture_failures: float = 1.0              # any frame lost in 2 of 3 x 5 min: drift checks go blind
+    drift_job_errors: float = 1.0              # any failed drift run (it retries, then its DLQ alarms)
 
 
 class ServingMonitoring(Construct):
+    def alert_on(self, bus: events.IEventBus, detail_types: list[str]) -> events.Rule:
+        """Platform events that are alerts in themselves (DriftDetected on a version no rollout is
+        rolling out: nothing rolls back, someone should look) go to the alarm topic."""
+        return events.Rule(self, "PlatformAlerts", event_bus=bus,
+                           description="tenantml events that need a person: to the alarm topic",
+                           event_pattern=events.EventPattern(source=["tenantml"], detail_type=detail_types),
+                           targets=[targets.SnsTopic(self.topic)])
+
     def __init__(self, scope: Construct, construct_id: str, *, stage: apigw.Stage,
                  access_logs: logs.ILogGroup, functions: Mapping[str, PlatformFunction],
                  serving_function: str = "inference", alarm_email: str | None = None,
@@ -71,6 +91,13 @@ class ServingMonitoring(Construct):
         key.add_to_resource_policy(iam.PolicyStatement(
             sid="AllowCloudWatchAlarmsToPublish",
             principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+            actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+            resources=["*"],  # in a key policy "*" is this key
+            conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
+        ))
+        key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowEventBridgeToPublish",
+            principals=[iam.ServicePrincipal("events.amazonaws.com")],
             actions=["kms:Decrypt", "kms:GenerateDataKey*"],
             resources=["*"],  # in a key policy "*" is this key
             conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
@@ -123,6 +150,14 @@ class ServingMonitoring(Construct):
         insights = f"SELECT SUM({MODEL_LOAD_FAILURE}) FROM {namespace}"  # noqa: S608
         model_load_failures = cw.MathExpression(
             expression=insights, label="model-load failures (all models)", period=PERIOD)
+        capture_failures = cw.MathExpression(
+            expression=f"SELECT SUM({CAPTURE_FAILURES}) FROM {namespace}",  # noqa: S608 - constants
+            label="capture failures (all models)", period=PERIOD)
+        drift_errors = {f"e{i}": functions[name].function.metric_errors(statistic="Sum", period=PERIOD)
+                        for i, name in enumerate(DRIFT_FUNCTIONS) if name in functions}
+        drift_job_errors = cw.MathExpression(
+            expression=" + ".join(f"FILL({k}, 0)" for k in drift_errors), using_metrics=drift_errors,
+            label="drift job errors (scheduler + worker)", period=PERIOD)
         model_load_by_model = cw.MathExpression(
             expression=f"{insights} GROUP BY model, version", label="model-load failures", period=PERIOD)
 
@@ -159,6 +194,12 @@ class ServingMonitoring(Construct):
                                          "a model failed to load (integrity or artifact error); "
                                          "Metrics Insights sum over every model/version",
                                          evaluation_periods=1, datapoints=1),
+            "capture_failures": alarm("CaptureFailuresAlarm", capture_failures, t.capture_failures,
+                                      "capture frames could not be written (their rows are dropped; "
+                                      "predictions are not affected) in 2 of 3 x 5 min"),
+            "drift_job_errors": alarm("DriftJobErrorsAlarm", drift_job_errors, t.drift_job_errors,
+                                      "a drift_scheduler or drift_worker run failed (retried, then its DLQ)",
+                                      evaluation_periods=1, datapoints=1),
         }
 
         # --- dashboard ----------------------------------------------------------------------------

@@ -102,9 +102,14 @@ class EventTriggers(Construct):
                     rule = events.Rule(self, f"{name}Rule", event_bus=bus,
                                        description=f"tenantml {d.name}: {t.id}",
                                        event_pattern=_pattern(t.pattern))
+                    # A rule's own DLQ needs a queue policy naming the rule: with the queue in the stateful
+                    # stack that is a reference back into this one (a cycle). What EventBridge delivers is
+                    # an async invocation, whose failures go to the same queue by the function's on-failure
+                    # destination (above); only an undeliverable event (the function deleted) is not kept.
+                    same_stack = failures is not None and Stack.of(failures) is Stack.of(self)
                     rule.add_target(events_targets.LambdaFunction(
-                        target, dead_letter_queue=failures, retry_attempts=resources.ASYNC_RETRY_ATTEMPTS,
-                        max_event_age=Duration.hours(6)))
+                        target, dead_letter_queue=failures if same_stack else None,
+                        retry_attempts=resources.ASYNC_RETRY_ATTEMPTS, max_event_age=Duration.hours(6)))
                     self.rules[t.id] = rule
                 elif isinstance(t, resources.StreamTrigger):
                     fn.function.add_event_source(sources.DynamoEventSource(

@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("token", help="mint a dev JWT signed by the local dev key")
     t.add_argument("--tenant", required=True)
     t.add_argument("--scope", action="append", default=None,
-                   help="scope to grant (repeatable; default: models:read). Others: models:write (admin "
-                        "API), models:admin (with models:write: shared models)")
+                   help="scope to grant (repeatable; default: models:read). Others: models:feedback "
+                        "(ground truth), models:write (admin API), models:admin (with models:write: shared "
+                        "models)")
     t.add_argument("--sub", default="dev-user", help="subject (default: %(default)s)")
     t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: %(default)s)")
     t.add_argument("--alg", choices=["RS256", "ES256"], default="RS256")
@@ -103,6 +104,50 @@ def build_parser() -> argparse.ArgumentParser:
     drn.add_argument("--version", default=None, help="default: the version the tenant resolves")
     drn.add_argument("--minutes", type=int, default=60, help="window length (default: %(default)s)")
     drn.set_defaults(func=_lazy("tenantml.monitoring.cli:run_command"))
+
+    # rollout -----------------------------------------------------------------------------------
+    ro = sub.add_parser("rollout", help="roll a model version out (canary, A/B, shadow), watch it, end it")
+    rosub = ro.add_subparsers(dest="rollout_verb", required=True, metavar="VERB")
+    verbs = {"start": "start rolling a candidate version out",
+             "status": "the rollout, its signals per version",
+             "promote": "the candidate serves everyone now", "abort": "back to the stable version now",
+             "freeze": "hold the current stage", "resume": "continue a frozen rollout"}
+    for name, text in verbs.items():
+        v = rosub.add_parser(name, help=text)
+        v.add_argument("--tenant", required=True, help="the model's owner: a tenant, or _shared")
+        v.add_argument("--model", required=True)
+        v.add_argument("--json", action="store_true", help="print the status as JSON")
+        if name != "status":
+            v.add_argument("--reason", default="", help="why (kept in the audit log and the event)")
+        if name == "start":
+            v.add_argument("--candidate", required=True, help="the version to roll out")
+            v.add_argument("--stable", default=None, help="compare with (default: what production serves)")
+            v.add_argument("--mode", choices=["canary", "ab", "shadow"], default="canary")
+            v.add_argument("--stages", default=None,
+                           help="candidate percentages (default 5,25,50,100; ab: 50)")
+            v.add_argument("--bake-seconds", type=int, default=600, help="per stage (default: %(default)s)")
+            v.add_argument("--min-requests", type=int, default=None,
+                           help="candidate requests a stage needs before any verdict (default 20)")
+            v.add_argument("--cohort", default=None, help="shared models: only these tenants (comma list)")
+        v.set_defaults(func=_lazy("tenantml.rollout.cli:rollout_command"))
+
+    # cost --------------------------------------------------------------------------------------
+    co = sub.add_parser("cost", help="cost per 1000 inferences per tenant, model and version, from the "
+                                     "inference function's cost records (CloudWatch Logs)")
+    co.add_argument("--hours", type=float, default=24.0,
+                    help="the period: the last this many hours (default: %(default)s)")
+    co.add_argument("--since", default=None, help="period start, ISO 8601 (UTC unless it says)")
+    co.add_argument("--until", default=None, help="period end, ISO 8601 (default: now)")
+    co.add_argument("--tenant", default=None, help="only this tenant")
+    co.add_argument("--model", default=None, help="only this model")
+    co.add_argument("--architecture", choices=["x86_64", "arm64"], default=None,
+                    help="price the duration for this architecture (default: TENANTML_COST_ARCHITECTURE, "
+                         "x86_64)")
+    co.add_argument("--log-group", default=None,
+                    help="the inference function's log group (default: TENANTML_COST_LOG_GROUP, else the "
+                         "running `make local`)")
+    co.add_argument("--json", action="store_true", help="print the summary as JSON")
+    co.set_defaults(func=_lazy("tenantml.monitoring.cost:cost_command"))
 
     # invoke ------------------------------------------------------------------------------------
     inv = sub.add_parser("invoke",

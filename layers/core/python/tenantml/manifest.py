@@ -73,6 +73,9 @@ class Manifest(_Model):
     # Share of requests whose features and predictions are captured for drift checks (default: the
     # inference function's TENANTML_CAPTURE_RATE, 100%).
     capture_rate: float | None = Field(default=None, ge=0, le=1)
+    # Overrides of the drift thresholds for this model (tenantml.monitoring.stats.Thresholds fields, e.g.
+    # {"psi": 0.25, "accuracy_drop": 0.05}); checked at registration.
+    drift_thresholds: dict[str, float] = Field(default_factory=dict)
     # Every artifact file of the version except manifest.json itself.
     files: dict[str, FileEntry]
     # Free-form build facts (source package, quantization, metrics); never interpreted at serving time.
@@ -83,6 +86,15 @@ class Manifest(_Model):
     def _name(cls, v: str) -> str:
         if not NAME_RE.fullmatch(v):
             raise ValueError("model name must match " + NAME_RE.pattern)
+        return v
+
+    @field_validator("drift_thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        if v:
+            from tenantml.monitoring.stats import Thresholds  # noqa: PLC0415 - only when overrides are given
+
+            Thresholds.model_validate(v)
         return v
 
     @field_validator("files")

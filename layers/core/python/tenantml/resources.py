@@ -26,6 +26,7 @@ from tenantml.settings import (
     PublisherSettings,
     RegistrySettings,
     ServingSettings,
+    SignalSettings,
     variable,
 )
 
@@ -83,7 +84,18 @@ IDEMPOTENCY_TABLE = TableDef(
     purpose="Powertools idempotency records (short-lived)",
 )
 
-TABLES: tuple[TableDef, ...] = (REGISTRY_TABLE, IDEMPOTENCY_TABLE)
+# Per-version rollout signals (tenantml.rollout.signals), keyed by the opaque rollout id, never the tenant:
+#   pk = "R#<rollout id>#V#<version>"   sk = "<YYYY-MM-DDTHH:MM>"   counters, latency buckets, TTL
+SIGNALS_TABLE = TableDef(
+    id="signals",
+    partition_key=KeyAttr("pk"),
+    sort_key=KeyAttr("sk"),
+    ttl_attribute="expires_at",
+    point_in_time_recovery=False,
+    purpose="per-version rollout signals (requests, errors, latency, accuracy), 14-day TTL",
+)
+
+TABLES: tuple[TableDef, ...] = (REGISTRY_TABLE, IDEMPOTENCY_TABLE, SIGNALS_TABLE)
 
 # Model artifacts: models/<tenant>/<model>/<version>/{model.onnx,tokenizer.json,manifest.json,baseline.json}
 ARTIFACT_BUCKET = BucketDef(id="artifacts", versioned=True, purpose="model artifacts and reports")
@@ -256,14 +268,19 @@ class FunctionDef:
 # Audit records are the registry's outbox: each committed change writes one in the same transaction.
 AUDIT_RECORDS = {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"kind": {"S": ["audit"]}}}}
 
+# CloudWatch alarms the rollback function creates for a rollout's candidate (tenantml.rollout.alarms).
+ROLLOUT_ALARM_PREFIX = "tenantml-rollout-"
+ROLLOUT_ALARMS = {"source": ["aws.cloudwatch"], "detail-type": ["CloudWatch Alarm State Change"],
+                  "detail": {"alarmName": [{"prefix": ROLLOUT_ALARM_PREFIX}]}}
+
 FUNCTIONS: tuple[FunctionDef, ...] = (
     FunctionDef("authorizer", "verify JWTs and bind the request to a tenant", (AuthSettings,),
                 memory_mb=256, timeout_s=5),
     FunctionDef("inference", "Open Inference Protocol v2 over REST, CPU ONNX models",
-                (ServingSettings, AwsSettings, ObservabilitySettings), memory_mb=2048,
+                (ServingSettings, SignalSettings, AwsSettings, ObservabilitySettings), memory_mb=2048,
                 timeout_s=API_TIMEOUT_S),
-    FunctionDef("registry", "register versions, aliases, audit log (admin scope)",
-                (RegistrySettings, AwsSettings), memory_mb=512, timeout_s=API_TIMEOUT_S),
+    FunctionDef("registry", "register versions, aliases, rollouts, audit log (admin scope)",
+                (RegistrySettings, SignalSettings, AwsSettings), memory_mb=512, timeout_s=API_TIMEOUT_S),
     FunctionDef("publisher", "publish each committed registry change (audit record) on the event bus",
                 (PublisherSettings, AwsSettings), memory_mb=256, timeout_s=60,
                 triggers=(StreamTrigger(table="registry", filter=AUDIT_RECORDS),)),
@@ -275,8 +292,17 @@ FUNCTIONS: tuple[FunctionDef, ...] = (
                                           local_expression="rate(5 minutes)"),)),
     FunctionDef("drift_worker", "stream a window's capture against the version's baseline; JSON + HTML "
                 "report, metrics, DriftDetected",
-                (DriftSettings, RegistrySettings, PublisherSettings, AwsSettings),
+                (DriftSettings, RegistrySettings, PublisherSettings, SignalSettings, AwsSettings),
                 memory_mb=1024, timeout_s=300, triggers=(SqsTrigger("drift-jobs", batch_size=5),)),
+    FunctionDef("rollback", "advance canary stages or roll back to the last-known-good version; manage "
+                "the candidate's alarms", (RegistrySettings, SignalSettings, AwsSettings),
+                memory_mb=512, timeout_s=60,
+                triggers=(ScheduleTrigger("rollout", "rate(1 minute)", "advance or roll back live rollouts"),
+                          RuleTrigger("alarm", ROLLOUT_ALARMS, bus="default"),
+                          RuleTrigger("drift-detected", {"source": ["tenantml"],
+                                                         "detail-type": ["DriftDetected"]}),
+                          RuleTrigger("rollout-changed", {"source": ["tenantml"], "detail-type": [
+                              "RolloutStarted", "RolloutCompleted", "RolloutRolledBack"]}))),
 )
 
 QUEUES: tuple[QueueDef, ...] = (
@@ -364,6 +390,7 @@ class Route:
 
 
 WRITE_SCOPE = "models:write"
+FEEDBACK_SCOPE = "models:feedback"     # ground truth for the caller's own earlier predictions
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v2/health/live", "inference", auth=False),
@@ -376,12 +403,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v2/models/{model}/versions/{version}", "inference"),
     Route("GET", "/v2/models/{model}/versions/{version}/ready", "inference"),
     Route("POST", "/v2/models/{model}/versions/{version}/infer", "inference"),
+    Route("POST", "/v2/models/{model}/feedback", "inference", scope=FEEDBACK_SCOPE),
     Route("GET", "/admin/models", "registry", scope=WRITE_SCOPE),
     Route("GET", "/admin/models/{model}/versions", "registry", scope=WRITE_SCOPE),
     Route("POST", "/admin/models/{model}/versions", "registry", scope=WRITE_SCOPE),
     Route("PUT", "/admin/models/{model}/aliases/{alias}", "registry", scope=WRITE_SCOPE),
     Route("GET", "/admin/audit", "registry", scope=WRITE_SCOPE),
     Route("GET", "/admin/models/{model}/drift", "registry", scope=WRITE_SCOPE),
+    Route("POST", "/admin/models/{model}/rollout", "registry", scope=WRITE_SCOPE),
+    Route("GET", "/admin/models/{model}/rollout", "registry", scope=WRITE_SCOPE),
+    Route("POST", "/admin/models/{model}/rollout/{action}", "registry", scope=WRITE_SCOPE),
 )
 
 LOCAL_PREFIX = "tenantml-local"
@@ -408,6 +439,14 @@ EVENTS: tuple[EventDef, ...] = (
     EventDef("AliasChanged", events.AliasChanged, "publisher", "an alias was pointed at another version"),
     EventDef("DriftDetected", events.DriftDetected, "drift_worker",
              "a drift check found data, prediction or accuracy drift"),
+    EventDef("RolloutStarted", events.RolloutStarted, "publisher", "a rollout started"),
+    EventDef("RolloutAdvanced", events.RolloutAdvanced, "publisher",
+             "a canary moved to its next stage, or a frozen rollout resumed"),
+    EventDef("RolloutCompleted", events.RolloutCompleted, "publisher",
+             "the candidate serves everyone (completed or promoted)"),
+    EventDef("RolloutRolledBack", events.RolloutRolledBack, "publisher",
+             "back to the stable version (guardrail, alarm, drift or abort)"),
+    EventDef("RolloutFrozen", events.RolloutFrozen, "publisher", "a rollout holds its stage"),
 )
 
 validate()
@@ -429,6 +468,13 @@ class LocalNames:
                    buckets={b.id: b.local_name(prefix) for b in BUCKETS},
                    event_bus=f"{prefix}-{EVENT_BUS_NAME}")
 
+    def function_name(self, function: str) -> str:
+        return f"{self.prefix}-{function}"
+
+    def log_group(self, function: str) -> str:
+        """The function's CloudWatch Logs group, named as Lambda names it (local mode ships logs there)."""
+        return f"/aws/lambda/{self.function_name(function)}"
+
     def platform_values(self) -> dict[str, str]:
         """The TENANTML_* values of these resources (what a deployment provides to its functions)."""
         return {
@@ -436,5 +482,6 @@ class LocalNames:
             "TENANTML_REGISTRY_TABLE": self.tables[REGISTRY_TABLE.id],
             "TENANTML_EVENT_BUS_NAME": self.event_bus,
             "TENANTML_IDEMPOTENCY_TABLE": self.tables[IDEMPOTENCY_TABLE.id],
+            "TENANTML_SIGNALS_TABLE": self.tables[SIGNALS_TABLE.id],
             **{variable(q.setting): q.local_name(self.prefix) for q in QUEUES if q.setting},
         }

@@ -134,6 +134,17 @@ class ServingSettings(RegistrySettings):
     capture_rate: float = Field(default=1.0, ge=0, le=1)
     capture_max_rows: int = Field(default=500, ge=1)
     capture_max_seconds: float = Field(default=60.0, gt=0)
+    # How long a resolution whose model has a live rollout is cached: the bound on how late a warm
+    # environment sees a rollback or a new stage (the registry_cache_ttl_seconds applies otherwise).
+    rollout_cache_ttl_seconds: int = Field(default=5, ge=0)
+
+
+class SignalSettings(_Settings):
+    """Per-version rollout signals (tenantml.rollout.signals): their table, and how often the inference
+    function writes what it buffered."""
+
+    signals_table: str
+    signals_flush_seconds: float = Field(default=10.0, gt=0)
 
 
 class ObservabilitySettings(_Settings):
@@ -169,6 +180,25 @@ class PublisherSettings(_Settings):
     """The outbox publisher: the platform's EventBridge bus."""
 
     event_bus_name: str
+
+
+class CostSettings(_Settings):
+    """`tenantml cost` (tenantml.monitoring.cost): the price table and where the inference function's cost
+    records are. No function reads these; the CDK app bakes the defaults, for its `architecture`, into the
+    saved Logs Insights query.
+
+    Defaults: AWS Lambda list prices for US East (N. Virginia), https://aws.amazon.com/lambda/pricing/
+    (checked 2026-11-30; unchanged since Arm pricing, 2021): duration in the first monthly tier (x86_64: the
+    first 6 billion GB-seconds, arm64: the first 7.5 billion), requests $0.20 per million on both. The free
+    tier, later tiers and Savings Plans are not applied: set the prices you pay to override.
+    `cost_log_group`: the inference function's log group (the stack output InferenceLogGroupName); unset,
+    `tenantml cost` reads the running local platform's."""
+
+    cost_architecture: str = Field(default="x86_64", pattern=r"^(x86_64|arm64)$")
+    cost_gb_second_usd_x86_64: float = Field(default=0.0000166667, ge=0)
+    cost_gb_second_usd_arm64: float = Field(default=0.0000133334, ge=0)
+    cost_request_usd: float = Field(default=0.0000002, ge=0)
+    cost_log_group: str | None = None
 
 
 _cache: dict[tuple[type, tuple[tuple[str, str], ...]], Any] = {}
@@ -221,8 +251,16 @@ def get_drift_scheduler_settings() -> DriftSchedulerSettings:
     return get_settings(DriftSchedulerSettings)
 
 
+def get_signal_settings() -> SignalSettings:
+    return get_settings(SignalSettings)
+
+
 def get_publisher_settings() -> PublisherSettings:
     return get_settings(PublisherSettings)
+
+
+def get_cost_settings() -> CostSettings:
+    return get_settings(CostSettings)
 
 
 def reset_settings() -> None:

@@ -17,6 +17,7 @@ from tenantml.api.body import read_body
 from tenantml.api.context import caller_from_event
 from tenantml.api.errors import JSON, register_error_handlers
 from tenantml.observability import logger
+from tenantml.resources import FEEDBACK_SCOPE
 from tenantml.serving.service import InferenceService, Reply
 
 
@@ -33,9 +34,11 @@ def _reply(reply: Reply) -> Response:
 def build_router(service: InferenceService) -> APIGatewayRouter:
     router = APIGatewayRouter()
 
-    def tenant() -> str:
+    def tenant(scope: str | None = None) -> str:
         caller = caller_from_event(router.current_event.raw_event)
         logger.append_keys(tenant=caller.tenant)
+        if scope is not None:
+            caller.require(scope)
         return caller.tenant
 
     # health: no authorizer on these two routes
@@ -73,11 +76,12 @@ def build_router(service: InferenceService) -> APIGatewayRouter:
         return _json(service.model_ready(tenant(), model, version))
 
     def run_infer(model: str, version: str | None) -> Response:
-        who = tenant()
+        caller = caller_from_event(router.current_event.raw_event)
+        logger.append_keys(tenant=caller.tenant)
         body = read_body(router.current_event.raw_event, max_bytes=service.settings.max_body_bytes)
         request_id = router.current_event.request_context.request_id
-        return _reply(service.infer(who, model, version, body.data, json_length=body.json_length,
-                                    request_id=request_id))
+        return _reply(service.infer(caller.tenant, model, version, body.data, json_length=body.json_length,
+                                    request_id=request_id, subject=caller.sub))
 
     @router.post("/v2/models/<model>/infer")
     def infer(model: str) -> Response:
@@ -86,6 +90,12 @@ def build_router(service: InferenceService) -> APIGatewayRouter:
     @router.post("/v2/models/<model>/versions/<version>/infer")
     def version_infer(model: str, version: str) -> Response:
         return run_infer(model, version)
+
+    @router.post("/v2/models/<model>/feedback")
+    def feedback(model: str) -> Response:
+        who = tenant(FEEDBACK_SCOPE)
+        body = read_body(router.current_event.raw_event, max_bytes=service.settings.max_body_bytes)
+        return _reply(service.feedback(who, model, body.data))
 
     return router
 

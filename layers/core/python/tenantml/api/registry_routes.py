@@ -5,6 +5,10 @@
     POST /admin/models/{model}/versions         register a version: 201 + Location   [?owner=_shared]
     PUT  /admin/models/{model}/aliases/{alias}  point an alias at a version          [?owner=_shared]
     GET  /admin/audit?limit=&next_token=        the tenant's audit log, newest first
+    GET  /admin/models/{model}/drift            the tenant's latest drift report summaries
+    POST /admin/models/{model}/rollout          start a rollout: 201                  [?owner=_shared]
+    GET  /admin/models/{model}/rollout          its status, signals and A/B analysis  [?owner=_shared]
+    POST /admin/models/{model}/rollout/{action} promote, abort, freeze or resume      [?owner=_shared]
 
 Every route needs scope `models:write`; the tenant comes only from the authorizer context. Writes go to
 the caller's own tenant. With `?owner=_shared` (the only value `owner` takes; anything else is a 400) a
@@ -34,6 +38,7 @@ from tenantml.observability import logger
 from tenantml.registry import ALIAS_RE, MAX_AUDIT_PAGE, AuditRecord, ModelSummary, VersionRecord
 from tenantml.registry.service import RegistrationService, check_write_access, summarize_validation
 from tenantml.resources import WRITE_SCOPE
+from tenantml.rollout.service import RolloutAction, RolloutService, StartRollout
 
 OWNER_PARAM = "owner"
 
@@ -53,7 +58,7 @@ class SetAliasBody(_Body):
     version: str = Field(pattern=VERSION_RE.pattern)
 
 
-def _parse(model: type[_Body], body: str | None) -> Any:
+def _parse(model: type[BaseModel], body: str | None) -> Any:
     if not body:
         raise BadRequest("request body must be a JSON object")
     try:
@@ -91,8 +96,10 @@ def _audit_json(r: AuditRecord) -> dict[str, Any]:
             "version": r.version, "details": r.details}
 
 
-def create_app(service: RegistrationService, reports: Any | None = None) -> APIGatewayRestResolver:
+def create_app(service: RegistrationService, reports: Any | None = None,
+               rollouts: RolloutService | None = None) -> APIGatewayRestResolver:
     """The resolver over one RegistrationService (built once per execution environment, at init)."""
+    rollouts = rollouts or RolloutService(service.registry)
     app = APIGatewayRestResolver()
     register_error_handlers(app)
 
@@ -177,5 +184,28 @@ def create_app(service: RegistrationService, reports: Any | None = None) -> APIG
         service.registry.resolve(who.tenant, model)          # ModelNotFound (404) for missing and foreign
         found = reports.latest(who.tenant, model, int(raw_limit)) if reports is not None else []
         return {"model": model, "reports": found}
+
+    @app.post("/admin/models/<model>/rollout")
+    def start_rollout(model: str) -> Response:
+        who = caller()
+        owner = write_owner(who)
+        body: StartRollout = _parse(StartRollout, app.current_event.decoded_body)
+        rollouts.start(owner, model, body, actor=who.sub)
+        return Response(201, JSON, json.dumps(rollouts.status(owner, model)),
+                        headers={"Location": f"/admin/models/{model}/rollout"})
+
+    @app.get("/admin/models/<model>/rollout")
+    def rollout_status(model: str) -> dict[str, Any]:
+        who = caller()
+        return rollouts.status(write_owner(who), model)
+
+    @app.post("/admin/models/<model>/rollout/<action>")
+    def rollout_action(model: str, action: str) -> dict[str, Any]:
+        who = caller()
+        owner = write_owner(who)
+        raw = app.current_event.decoded_body
+        body: RolloutAction = _parse(RolloutAction, raw) if raw else RolloutAction()
+        rollouts.act(owner, model, action, actor=who.sub, reason=body.reason)
+        return rollouts.status(owner, model)
 
     return app

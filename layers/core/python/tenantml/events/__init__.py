@@ -57,12 +57,62 @@ class DriftDetected(EventDetail):
     window_end: str
     report: str = Field(description="key of the JSON report in the artifact bucket (an .html sits beside it)")
     drifted_features: list[str] = Field(default_factory=list)
+    # kind "accuracy": the figure that dropped ("accuracy" of a classifier, "mae" of a regression), its
+    # value over the window's labelled predictions and the version's baseline value.
+    metric: Literal["accuracy", "mae"] | None = None
+    value: float | None = None
+    baseline: float | None = None
 
+
+class RolloutChanged(EventDetail):
+    """A rollout moved (the registry's `rollout_<action>` audit record). `version` is the candidate."""
+
+    rollout_id: str = Field(description="opaque id of the rollout (alarm names and metrics carry it)")
+    action: Literal["start", "advance", "complete", "rollback", "abort", "promote", "freeze", "resume"]
+    mode: Literal["canary", "ab", "shadow"]
+    stable: str
+    candidate: str
+    status: Literal["active", "frozen", "completed", "rolled_back", "aborted"]
+    from_weight: int = Field(ge=0, le=100, description="the candidate's share of traffic before, percent")
+    to_weight: int = Field(ge=0, le=100, description="and after the change")
+
+
+class RolloutStarted(RolloutChanged):
+    """A rollout of `candidate` against `stable` started (action start)."""
+
+
+class RolloutAdvanced(RolloutChanged):
+    """A canary moved to its next stage (advance), or a frozen rollout resumed (resume, same weight)."""
+
+
+class RolloutCompleted(RolloutChanged):
+    """The candidate serves everyone and `production` points at it (complete, or promote)."""
+
+
+class RolloutRolledBack(RolloutChanged):
+    """Back to the stable version: a guardrail, an alarm or drift on the candidate (rollback), or an
+    engineer (abort)."""
+
+
+class RolloutFrozen(RolloutChanged):
+    """The rollout holds its current stage until resumed (freeze)."""
+
+
+ROLLOUT_EVENTS: dict[str, str] = {
+    "start": "RolloutStarted", "advance": "RolloutAdvanced", "resume": "RolloutAdvanced",
+    "complete": "RolloutCompleted", "promote": "RolloutCompleted", "rollback": "RolloutRolledBack",
+    "abort": "RolloutRolledBack", "freeze": "RolloutFrozen",
+}
 
 DETAIL_MODELS: dict[str, type[EventDetail]] = {
     "ModelVersionRegistered": ModelVersionRegistered,
     "AliasChanged": AliasChanged,
     "DriftDetected": DriftDetected,
+    "RolloutStarted": RolloutStarted,
+    "RolloutAdvanced": RolloutAdvanced,
+    "RolloutCompleted": RolloutCompleted,
+    "RolloutRolledBack": RolloutRolledBack,
+    "RolloutFrozen": RolloutFrozen,
 }
 
 

@@ -16,8 +16,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tenantml.events import AliasChanged, EventDetail, ModelVersionRegistered
-from tenantml.registry import ACTION_REGISTER, ACTION_SET_ALIAS
+from tenantml.events import DETAIL_MODELS, ROLLOUT_EVENTS, AliasChanged, EventDetail, ModelVersionRegistered
+from tenantml.registry import ACTION_REGISTER, ACTION_ROLLOUT, ACTION_SET_ALIAS
+
+ROLLOUT_FIELDS = ("rollout_id", "mode", "stable", "candidate", "status", "from_weight", "to_weight")
 
 
 def event_from_audit(record: Mapping[str, Any]) -> tuple[str, EventDetail] | None:
@@ -40,6 +42,14 @@ def event_from_audit(record: Mapping[str, Any]) -> tuple[str, EventDetail] | Non
         return "AliasChanged", AliasChanged(
             **common, alias=alias, previous=previous,
             reason=f"alias {alias} moved from {previous or 'nothing'} to {common['version']}")
+    if isinstance(action, str) and action.startswith(f"{ACTION_ROLLOUT}_"):
+        verb = action.removeprefix(f"{ACTION_ROLLOUT}_")
+        detail_type = ROLLOUT_EVENTS.get(verb)
+        if detail_type is None:
+            return None
+        fields = {k: details[k] for k in ROLLOUT_FIELDS}
+        return detail_type, DETAIL_MODELS[detail_type](**common, **fields, action=verb,
+                                                       reason=str(details.get("reason") or verb))
     return None
 
 

@@ -16,7 +16,9 @@ which is what serves the model; the fp32 variant stays plain ONNX.
 Two variants are written, each a complete model version folder (model.onnx, tokenizer.json, manifest.json):
 
 - `minilm-embed-fp32/`  the exact export
-- `minilm-embed/`       dynamic int8, the served default
+- `minilm-embed/`       dynamic int8, the served default, plus its drift baseline.json: the derived text
+                        features of the 475 work items (token counts, unknown-token rate, the int8
+                        embeddings on their first 3 principal directions; `text_baseline`)
 
 Dynamic int8 with per-channel weights alone reaches only ~0.99 mean / ~0.97 min cosine to the reference:
 the LayerNorm outputs carry a few outlier channels (|x| ~ 30 against a typical ~2), and the activations are
@@ -691,7 +693,7 @@ def _file_entry(path: Path) -> FileEntry:
 
 
 def write_manifest(folder: Path, *, name: str, description: str, build: dict[str, Any],
-                   max_length: int = MAX_LENGTH, dim: int = 384) -> Manifest:
+                   max_length: int = MAX_LENGTH, dim: int = 384, extra_files: Sequence[str] = ()) -> Manifest:
     manifest = Manifest(
         name=name,
         task="embedding",
@@ -699,7 +701,7 @@ def write_manifest(folder: Path, *, name: str, description: str, build: dict[str
         inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
         outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, dim])],
         tokenizer=TokenizerSpec(file="tokenizer.json", max_length=max_length),
-        files={n: _file_entry(folder / n) for n in ("model.onnx", "tokenizer.json")},
+        files={n: _file_entry(folder / n) for n in ("model.onnx", "tokenizer.json", *extra_files)},
         build=build,
     )
     (folder / "manifest.json").write_text(
@@ -721,13 +723,28 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+def write_text_baseline(folder: Path, texts: Sequence[str], max_length: int) -> dict[str, Any]:
+    """baseline.json of a built encoder folder from reference texts: the derived features of its own
+    embeddings (`embedding_pc*` of the output) and token counts; returns the facts for its manifest."""
+    from tenantml.example_models.text_baseline import summary, token_counter
+    from tenantml.monitoring.baseline import build_text_baseline
+
+    embeddings = onnx_embedder(folder)(list(texts))
+    counts = token_counter(folder / "tokenizer.json", max_length)(texts)
+    baseline = build_text_baseline(counts.tokens, counts.unknown, embeddings, embedding="output")
+    (folder / "baseline.json").write_bytes(baseline.model_dump_json().encode())
+    return summary(baseline)
+
+
 def build_minilm(out: Path, *, reference: Path | None = None, source: Source | None = None,
                  quantization: QuantizationSettings = DEFAULT_QUANTIZATION,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 log: Callable[[str], None] | None = None,
+                 baseline_texts: Sequence[str] | None = None) -> dict[str, Any]:
     """Build `<out>/minilm-embed-fp32` and `<out>/minilm-embed`; return their paths and accuracy.
 
     With a `reference` fixture, both variants are measured against it and the build fails (BuildError,
     nothing written) unless fp32's minimum cosine is >= 0.9999 and int8's mean/min are >= 0.99/0.98.
+    The int8 variant gets a drift baseline.json from `baseline_texts` (default: the work items).
     The folders are written to a staging directory first and moved into place at the end.
     """
     source = source or Source.installed()
@@ -768,10 +785,18 @@ def build_minilm(out: Path, *, reference: Path | None = None, source: Source | N
                               "reference": reference_facts})
         quant_facts = {**asdict(quantization), "tool": "onnxruntime.quantization.quantize_dynamic",
                        "calibration_texts": len(CALIBRATION_TEXTS) if quantization.smooth_alpha else 0}
+        if baseline_texts is None:
+            from tenantml.example_models.text_baseline import reference_texts
+
+            baseline_texts = reference_texts()
+        baseline_facts = write_text_baseline(int8_dir, baseline_texts, max_length)
+        say("drift baseline of the int8 variant")
         write_manifest(int8_dir, name=MODEL_NAME, max_length=max_length, dim=cfg.hidden_size,
                        description="all-MiniLM-L6-v2 sentence embeddings, dynamic int8 ONNX",
                        build={**common, "precision": "int8-dynamic", "quantization": quant_facts,
-                              "accuracy": metrics["int8"], "reference": reference_facts})
+                              "accuracy": metrics["int8"], "reference": reference_facts,
+                              "baseline": baseline_facts},
+                       extra_files=("baseline.json",))
         _replace_dir(fp32_dir, out / FP32_NAME)
         _replace_dir(int8_dir, out / MODEL_NAME)
 

@@ -2,9 +2,11 @@
 
 Steps (each writes complete version folders under `--out`):
 
-1. `minilm-embed`          -> minilm-embed/ (int8, served) and minilm-embed-fp32/
-2. `work-item-classifier`  -> work-item-classifier/ (a head on minilm-embed, registered as _shared v1)
-3. `project-risk`          -> project-risk/
+1. `minilm-embed`          -> minilm-embed/ (int8, served, with a drift baseline.json from the work items)
+                              and minilm-embed-fp32/
+2. `work-item-classifier`  -> work-item-classifier/ (a head on minilm-embed, registered as _shared v1, with
+                              a drift baseline.json)
+3. `project-risk`          -> project-risk/ (with a drift baseline.json)
 
 Each step has a key: the sha256 of everything its output depends on (the source of its builder module and
 of every tenantml module that imports, transitively; its data files; the weights package's version and
@@ -49,7 +51,7 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("minilm-embed", "tenantml.example_models.minilm", ("minilm-embed", "minilm-embed-fp32")),
+    Step("minilm-embed", "tenantml.example_models.minilm", ("minilm-embed", "minilm-embed-fp32"), data=True),
     Step("work-item-classifier", "tenantml.example_models.work_items", ("work-item-classifier",),
          needs=("minilm-embed",), data=True),
     Step("project-risk", "tenantml.example_models.risk", ("project-risk",), data=True),
@@ -223,12 +225,19 @@ def _brief(metrics: dict, prefix: str = "") -> list[str]:
 
 def _run_classifier(out: Path) -> tuple[dict, str]:
     from tenantml.example_models.minilm import MODEL_NAME, onnx_embedder
+    from tenantml.example_models.text_baseline import token_counter
     from tenantml.example_models.work_items import build_classifier
-    from tenantml.manifest import BackboneRef
+    from tenantml.manifest import BackboneRef, Manifest
 
-    embed = onnx_embedder(out / MODEL_NAME)
+    backbone = out / MODEL_NAME
+    embed = onnx_embedder(backbone)
+    spec = Manifest.model_validate_json((backbone / "manifest.json").read_text(encoding="utf-8")).tokenizer
+    if spec is None:
+        raise BuildError(detail=f"{MODEL_NAME}: the backbone's manifest has no tokenizer")
+    count = token_counter(backbone / spec.file, spec.max_length)
+    ref = BackboneRef(**SHARED_BACKBONE)
     metrics = _staged(out, "work-item-classifier",
-                      lambda d: build_classifier(d, embed, BackboneRef(**SHARED_BACKBONE)))
+                      lambda d: build_classifier(d, embed, ref, count_tokens=count))
     return metrics, "; ".join(_brief(metrics)[:6])
 
 

@@ -15,6 +15,11 @@ Training (`build_classifier`), deterministic for identical inputs:
    score the held-out part through `apply_head`: the metrics come from the same code path as serving,
    including the 6-decimal rounding of the weights.
 4. Refit on all rows with the chosen C and write head.json + manifest.json.
+5. With a token counter (the backbone's tokenizer; `tenantml models build` passes one), also write the
+   drift baseline.json (`text_baseline`): the derived text features of all rows (token counts, unknown
+   rate, the backbone embeddings on their first 3 principal directions), and as the prediction the first
+   label output, `category` (what the capture writes as `prediction`): the held-out head's predictions on
+   the held-out part, with their accuracy (the held-out accuracy above, not the training data's).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from tenantml.example_models.heads import (
     write_artifact,
     write_manifest,
 )
+from tenantml.example_models.text_baseline import TokenCounter, summary
 from tenantml.manifest import NAME_RE, BackboneRef, Manifest, TensorSpec, sha256_bytes
 from tenantml.serving.heads import apply_head, load_head
 
@@ -142,11 +148,14 @@ TEXT_INPUT = [TensorSpec(name="text", datatype="BYTES", shape=[-1])]
 
 
 def build_classifier(out_dir: Path, embed: Embedder, backbone: BackboneRef, *,
-                     data: Path = DATA_FILE, c_grid: Sequence[float] = C_GRID) -> dict:
+                     data: Path = DATA_FILE, c_grid: Sequence[float] = C_GRID,
+                     count_tokens: TokenCounter | None = None) -> dict:
     """Train, evaluate and write `work-item-classifier` (head.json + manifest.json) into `out_dir`.
 
     Returns {"category": {"accuracy", "macro_f1"}, "urgency": {...}, "n_train", "n_test", "head_bytes"}
-    with held-out figures, plus "C" (chosen per head) and "majority_accuracy" for context.
+    with held-out figures, plus "C" (chosen per head) and "majority_accuracy" for context. With
+    `count_tokens` (the backbone tokenizer's counts, `text_baseline.token_counter`) it also writes
+    baseline.json (step 5 of the module docstring).
     """
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
     from sklearn.model_selection import train_test_split
@@ -190,6 +199,20 @@ def build_classifier(out_dir: Path, embed: Embedder, backbone: BackboneRef, *,
     head_bytes = canonical_json(_fit_head(X, items.labels, cs))
     load_head(head_bytes)  # the artifact we ship must pass the server's validation
     entry = write_artifact(out_dir, "head.json", head_bytes)
+    files = {"head.json": entry}
+    baseline_facts = None
+    if count_tokens is not None:
+        from tenantml.monitoring.baseline import build_text_baseline
+
+        first = next(iter(LABELS))        # the capture's `prediction`: the first label output
+        counts = count_tokens(items.texts)
+        baseline = build_text_baseline(
+            counts.tokens, counts.unknown, X, embedding="backbone",
+            predictions=[LABELS[first][i] for i in np.argmax(predicted[first][1], axis=1)],
+            labels=[LABELS[first][i] for i in items.labels[first][te]])
+        files["baseline.json"] = write_artifact(out_dir, "baseline.json", baseline.model_dump_json().encode())
+        baseline_facts = {**summary(baseline), "prediction": first,
+                          "prediction_rows": "the held-out split, predicted by the held-out head"}
     manifest = Manifest(
         name=MODEL_NAME,
         task="text-classification",
@@ -199,7 +222,7 @@ def build_classifier(out_dir: Path, embed: Embedder, backbone: BackboneRef, *,
         outputs=_output_specs(LABELS),
         labels={k: list(v) for k, v in LABELS.items()},
         backbone=backbone,
-        files={"head.json": entry},
+        files=files,
         build={
             "head": "linear",
             "embedding_dim": int(X.shape[1]),
@@ -209,6 +232,7 @@ def build_classifier(out_dir: Path, embed: Embedder, backbone: BackboneRef, *,
             "split": {"test_size": TEST_SIZE, "stratify": "category x urgency", "random_state": SEED},
             "metrics": {**facts, "n_train": metrics["n_train"], "n_test": metrics["n_test"]},
             "sklearn": _sklearn_version(),
+            **({"baseline": baseline_facts} if baseline_facts is not None else {}),
         },
     )
     write_manifest(out_dir, manifest)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +27,15 @@ from tenantml.settings import function_environ, use_function_environ
 ACCOUNT_ID = "123456789012"
 INIT_TIMEOUT_S = 60.0  # a local cold start may build caches; Lambda allows 10 s (then retries the init)
 REGION = "us-east-1"
+
+# The context of the invocation this thread runs (each invocation runs on a thread of its own): what local
+# mode's log shipping (tenantml.local.logs) reads to know the function's log group and stream.
+_CURRENT: ContextVar[LambdaContext | None] = ContextVar("tenantml_lambda_context", default=None)
+
+
+def current_context() -> LambdaContext | None:
+    """The LambdaContext of the local invocation running in this thread, or None."""
+    return _CURRENT.get()
 
 
 @dataclass
@@ -56,12 +66,15 @@ class LambdaContext:
 
     @classmethod
     def for_function(cls, fn: FunctionDef, *, prefix: str = LOCAL_PREFIX, timeout_s: float | None = None,
-                     region: str = REGION, account_id: str = ACCOUNT_ID) -> LambdaContext:
-        """A fresh context for one invocation of `fn`: new request id, the clock starts now."""
+                     region: str = REGION, account_id: str = ACCOUNT_ID,
+                     log_stream_name: str = "") -> LambdaContext:
+        """A fresh context for one invocation of `fn`: new request id, the clock starts now.
+        `log_stream_name`: the execution environment's stream (Lambda keeps one per environment)."""
         name = f"{prefix}-{fn.name}"
         return cls(function_name=name, memory_limit_in_mb=fn.memory_mb,
                    timeout_s=float(fn.timeout_s if timeout_s is None else timeout_s),
-                   invoked_function_arn=f"arn:aws:lambda:{region}:{account_id}:function:{name}")
+                   invoked_function_arn=f"arn:aws:lambda:{region}:{account_id}:function:{name}",
+                   log_stream_name=log_stream_name)
 
 
 class FunctionTimeout(Exception):
@@ -128,6 +141,7 @@ class LocalFunction:
         self.invocations = 0
         self.cold_starts = 0
         self._module: ModuleType | None = None
+        self.log_stream_name = ""           # one per execution environment (set at each cold start)
         self._load_lock = threading.Lock()
         self._invoke_lock = threading.Lock()
 
@@ -145,6 +159,7 @@ class LocalFunction:
                     with function_environ(self.env):
                         self._module = load_module(self.path, f"tenantml_local_fn_{self.fn.name}")
                 self.cold_starts += 1
+                self.log_stream_name = LambdaContext.for_function(self.fn, prefix=self.prefix).log_stream_name
             return self._module
 
     def _run(self, payload: str, out: dict[str, Any], initialised: threading.Event) -> None:
@@ -153,7 +168,9 @@ class LocalFunction:
         try:
             module = self.load()
             initialised.set()
-            context = LambdaContext.for_function(self.fn, prefix=self.prefix, timeout_s=self.timeout_s)
+            context = LambdaContext.for_function(self.fn, prefix=self.prefix, timeout_s=self.timeout_s,
+                                                 log_stream_name=self.log_stream_name)
+            _CURRENT.set(context)
             out["result"] = json.dumps(module.handler(json.loads(payload), context))
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported to the caller; Lambda: Runtime.ExitError
             out["error"] = exc

@@ -42,6 +42,7 @@ from tenantml.local.apigw import DEFAULT_AUTHORIZER_TTL_S, ApiConfig, ApiGateway
 from tenantml.local.context import LocalFunction, handler_path
 from tenantml.local.events import EventRuntime
 from tenantml.local.invoke import STATE_FILE
+from tenantml.local.logs import LogShipper, ship_function_logs, unship
 from tenantml.local.moto_server import (
     DUMMY_CREDENTIALS,
     PROFILE_VARIABLES,
@@ -53,7 +54,7 @@ from tenantml.settings import PREFIX, AwsSettings, EnvPatch
 
 REGION = "us-east-1"
 DEMO_TENANT = "acme"
-DEMO_SCOPES = ("models:read", "models:write")
+DEMO_SCOPES = ("models:read", "models:write", "models:feedback")
 MODEL_VERSION = "1"
 # (built model folder, owner tenant). Order matters: work-item-classifier's head sits on
 # _shared/minilm-embed/1, which must be registered first.
@@ -88,6 +89,8 @@ class Platform:
     registered: list[dict[str, str]] = field(default_factory=list)
     events: EventRuntime | None = None
     _env_patch: EnvPatch | None = None
+    logs: LogShipper | None = None          # function log lines -> the emulator's CloudWatch Logs
+    _log_handler: Any = None
     _stopped: bool = False
 
     @property
@@ -114,7 +117,8 @@ class Platform:
             "models_dir": str(self.models_dir),
             "registered": self.registered,
             "process_env": process_environment(self.aws),
-            "functions": {name: {"env": dict(env)} for name, env in self.env.items()},
+            "functions": {name: {"env": dict(env), "log_group": self.names.log_group(name)}
+                          for name, env in self.env.items()},
         }
 
     def stop(self) -> None:
@@ -127,6 +131,7 @@ class Platform:
             self.api.stop()
         finally:
             try:
+                _stop_logs(self.logs, self._log_handler)   # ships what is queued while moto still answers
                 self.moto.stop()
             finally:
                 if self._env_patch is not None:
@@ -232,6 +237,8 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
     env_patch: EnvPatch | None = None
     api: ApiServer | None = None
     runtime: EventRuntime | None = None
+    shipper: LogShipper | None = None
+    log_handler: Any = None
     if port and not port_is_free(host, port):  # fail before the slow steps, not after them
         raise OSError(errno.EADDRINUSE, f"API port {host}:{port} is in use")
     try:
@@ -251,6 +258,11 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
         with _step(say, 3, total, "tables, bucket, bus and queues (tenantml.resources, as in the CDK app)"):
             provision.create_resources(aws, names)
             say(f"      {', '.join([*names.tables.values(), *names.buckets.values(), names.event_bus])}")
+            # Each function's log lines go to its log group in the emulator too, as on AWS (`tenantml cost`).
+            shipper = LogShipper(aws).start()
+            shipper.prepare(names.log_group(fn.name) for fn in resources.FUNCTIONS)
+            log_handler = ship_function_logs(shipper)
+            say(f"      function logs also in CloudWatch Logs: {names.log_group('<function>')}")
         functions = load_functions(env, functions_root)
         folders = {model: models_dir / model for model, _ in REGISTRATIONS}
         if build:
@@ -282,7 +294,7 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
             say(f"      {api.base_url} (stage prefix /{emulator.config.stage} optional)")
         platform = Platform(moto=moto, api=api, keys=keys, names=names, aws=aws, env=env,
                             models_dir=models_dir, state_file=home / STATE_FILE.name, registered=registered,
-                            events=runtime, _env_patch=env_patch)
+                            events=runtime, _env_patch=env_patch, logs=shipper, _log_handler=log_handler)
         platform.state_file.parent.mkdir(parents=True, exist_ok=True)
         platform.state_file.write_text(json.dumps(platform.state(), indent=2) + "\n")
         return platform
@@ -291,10 +303,18 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
             runtime.stop()
         if api is not None:
             api.stop()
+        _stop_logs(shipper, log_handler)
         moto.stop()
         if env_patch is not None:
             env_patch.restore()
         raise
+
+
+def _stop_logs(shipper: LogShipper | None, handler: Any) -> None:
+    if handler is not None:
+        unship(handler)
+    if shipper is not None:
+        shipper.stop()
 
 
 def infer_body(models_dir: Path, model: str, value: Any) -> dict[str, Any]:

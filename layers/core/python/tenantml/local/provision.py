@@ -99,7 +99,10 @@ def process_env(aws: AwsSettings) -> dict[str, str]:
 # Local mode runs the monitoring loop faster than a deployment, so a developer sees a drift report minutes
 # after sending traffic: capture frames are written after 10 s, and drift checks cover 5-minute windows
 # (the drift schedule fires every 5 minutes locally, resources.ScheduleTrigger.local_expression).
-LOCAL_PACE = {"TENANTML_CAPTURE_MAX_SECONDS": "10", "TENANTML_DRIFT_WINDOW_MINUTES": "5"}
+# Rollouts: signals written every 2 s and a rollout's change seen within 1 s, so a rollback shows within
+# one run of the controller's schedule (every minute, as deployed).
+LOCAL_PACE = {"TENANTML_CAPTURE_MAX_SECONDS": "10", "TENANTML_DRIFT_WINDOW_MINUTES": "5",
+              "TENANTML_SIGNALS_FLUSH_SECONDS": "2", "TENANTML_ROLLOUT_CACHE_TTL_SECONDS": "1"}
 
 
 def platform_values(names: resources.LocalNames, aws: AwsSettings,

@@ -64,8 +64,10 @@ def emulator_answers(endpoint_url: str, timeout_s: float = 1.0) -> bool:
     if not endpoint_url.startswith("http://127.0.0.1:") and not endpoint_url.startswith("http://localhost:"):
         return False
     try:
-        with urllib.request.urlopen(f"{endpoint_url}/moto-api/data.json", timeout=timeout_s):  # noqa: S310
+        with urllib.request.urlopen(f"{endpoint_url}/moto-api/", timeout=timeout_s):  # noqa: S310
             return True
+    except urllib.error.HTTPError:
+        return True                 # it answered (an error status is still an answer)
     except (urllib.error.URLError, OSError):
         return False
 

@@ -13,7 +13,8 @@ from typing import Any
 # pay ~150 ms of cold start for the statistics' pydantic models it never uses.
 _EXPORTS = {
     **dict.fromkeys(("OTHER", "Baseline", "CategoricalBaseline", "NumericBaseline", "Performance",
-                     "build_baseline"), "tenantml.monitoring.baseline"),
+                     "TextBaseline", "TextProjection", "build_baseline", "build_text_baseline"),
+                    "tenantml.monitoring.baseline"),
     **dict.fromkeys(("CategoricalAccumulator", "DatasetDrift", "FeatureDrift", "NumericAccumulator",
                      "Thresholds", "chi_square", "evaluate", "js_distance", "ks_from_bins", "psi"),
                     "tenantml.monitoring.stats"),
@@ -36,8 +37,11 @@ __all__ = [
     "NumericAccumulator",
     "NumericBaseline",
     "Performance",
+    "TextBaseline",
+    "TextProjection",
     "Thresholds",
     "build_baseline",
+    "build_text_baseline",
     "chi_square",
     "evaluate",
     "js_distance",

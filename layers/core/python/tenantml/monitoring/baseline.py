@@ -33,8 +33,22 @@ invent one.
 The bounded reference `sample` (at most `ks_sample` values) serves the exact-KS fallback when a baseline
 was built with too few bins for the bound to be useful (see `tenantml.monitoring.stats`).
 
-Pure: numpy and pydantic only. Meant for the builder of a model version: `build_baseline` on its
-reference data, `baseline.model_dump_json()` written beside the manifest (not wired yet).
+Text models. A text input is summarised by derived numeric features, named as the capture names them
+(`tenantml.monitoring.capture`): `token_count` (tokens before truncation, special tokens excluded),
+`unknown_token_rate` (share of [UNK] among them) and `embedding_pc1..K`, the embedding minus the reference
+mean, projected on the first K principal directions of the reference embeddings (K = 3 by default: on the
+work items they carry ~10% of the embedding's variance, yet a population of code snippets or of
+non-English texts moves all three far past the thresholds). The `text` section (`TextBaseline`, schema
+version 2) says which input and which embedding (the model's output, or a head's backbone) they come from,
+and holds the projection itself (`TextProjection`: the mean and the K directions, rounded to 6 decimals so
+rebuilds give the same bytes): the inference function reads it with the model to compute `embedding_pc*`
+per request, without ever re-reading reference data. `build_text_baseline` builds it all from token
+counts and embeddings. A version 1 file (no `text`) stays valid; a reader that knows only version 1
+refuses a version 2 file by its version rather than by an unknown key.
+
+Pure: numpy and pydantic only. Meant for the builder of a model version: `build_baseline` (or
+`build_text_baseline`) on its reference data, `baseline.model_dump_json()` written beside the manifest and
+listed with its sha256 in it (`tenantml models build` does so for the example models).
 """
 
 from __future__ import annotations
@@ -47,8 +61,12 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tenantml.monitoring.capture import TOKEN_COUNT, UNKNOWN_TOKEN_RATE, embedding_pc, unknown_rate
+
 OTHER = "__other__"
 MAX_CATEGORIES = 50
+TEXT_COMPONENTS = 3         # K, the principal directions of a text baseline
+PROJECTION_DECIMALS = 6
 
 
 class _Model(BaseModel):
@@ -143,10 +161,56 @@ class Performance(_Model):
     rmse: float | None = None
 
 
-class Baseline(_Model):
-    """baseline.json of a model version."""
+class TextProjection(_Model):
+    """The reference embeddings' mean and first K principal directions (unit rows, mutually orthogonal
+    before rounding; each signed so that its largest coordinate is positive). A text's `embedding_pc{k}` is
+    (e - mean) . components[k-1]."""
 
-    schema_version: Literal[1] = 1
+    dim: int = Field(ge=1, description="embedding dimension d")
+    count: int = Field(ge=2, description="reference embeddings the directions were computed from")
+    mean: list[float] = Field(description="[d]")
+    components: list[list[float]] = Field(min_length=1, description="[K, d]")
+    explained_variance_ratio: list[float] = Field(
+        description="share of the reference embeddings' total variance along each direction")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> TextProjection:
+        if len(self.mean) != self.dim or any(len(c) != self.dim for c in self.components):
+            raise ValueError(f"mean and every component need dim={self.dim} values")
+        if len(self.explained_variance_ratio) != len(self.components):
+            raise ValueError("one explained_variance_ratio per component")
+        values = [*self.mean, *(v for c in self.components for v in c), *self.explained_variance_ratio]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("the projection holds NaN/Inf values")
+        return self
+
+    @property
+    def k(self) -> int:
+        return len(self.components)
+
+    def project(self, embeddings: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        """[n, K]: each embedding's coordinates on the directions (float64)."""
+        e = np.asarray(embeddings, dtype=np.float64)
+        if e.ndim != 2 or e.shape[1] != self.dim:
+            raise ValueError(f"expected embeddings [n, {self.dim}], got shape {e.shape}")
+        return (e - np.asarray(self.mean)) @ np.asarray(self.components).T
+
+
+class TextBaseline(_Model):
+    """Where a text model's derived features come from (their distributions are in `numeric`)."""
+
+    input: str = Field(default="text", description="the BYTES input the features are derived from")
+    embedding: Literal["output", "backbone"] = Field(
+        description="the embedding projected: the model's own output (an encoder) or the backbone's "
+                    "embedding a head consumes")
+    features: list[str] = Field(description="the derived features, each a numeric feature of the baseline")
+    projection: TextProjection | None = None
+
+
+class Baseline(_Model):
+    """baseline.json of a model version. schema_version 2 adds the optional `text` section."""
+
+    schema_version: Literal[1, 2] = 1
     bins: int = Field(ge=1)
     ks_sample: int = Field(ge=1)
     seed: int
@@ -154,12 +218,29 @@ class Baseline(_Model):
     categorical: dict[str, CategoricalBaseline] = Field(default_factory=dict)
     prediction: FeatureBaseline | None = None
     performance: Performance | None = None
+    text: TextBaseline | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_version_2(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("text") is not None and "schema_version" not in data:
+            return {**data, "schema_version": 2}
+        return data
 
     @model_validator(mode="after")
     def _distinct_names(self) -> Baseline:
         both = set(self.numeric) & set(self.categorical)
         if both:
             raise ValueError(f"features both numeric and categorical: {sorted(both)}")
+        if self.text is not None:
+            if self.schema_version < 2:
+                raise ValueError("a text section needs schema_version 2")
+            missing = [f for f in self.text.features if f not in self.numeric]
+            if self.text.projection is not None:
+                missing += [embedding_pc(k) for k in range(1, self.text.projection.k + 1)
+                            if embedding_pc(k) not in self.text.features]
+            if missing:
+                raise ValueError(f"text features without a numeric baseline: {missing}")
         return self
 
     @property
@@ -256,13 +337,15 @@ def build_baseline(reference: Mapping[str, np.ndarray],
                    categorical: Mapping[str, Sequence[str]] | None = None,
                    predictions: np.ndarray | Sequence[str] | None = None,
                    labels: np.ndarray | Sequence[str] | None = None, *,
-                   bins: int = 100, ks_sample: int = 2000, seed: int = 0) -> Baseline:
+                   bins: int = 100, ks_sample: int = 2000, seed: int = 0,
+                   text: TextBaseline | None = None) -> Baseline:
     """The baseline of a model version from its reference data.
 
     `reference`: numeric features; `categorical`: categorical features; `predictions`: the model's
     outputs on the reference (a numeric array: summarised like a numeric feature; strings or labels:
-    like a categorical one); `labels`: the true values, for the baseline performance. Deterministic:
-    the same data and seed give the same baseline, byte for byte.
+    like a categorical one); `labels`: the true values, for the baseline performance; `text`: the text
+    section (see `build_text_baseline`). Deterministic: the same data and seed give the same baseline,
+    byte for byte.
     """
     categorical = categorical or {}
     both = set(reference) & set(categorical)
@@ -283,8 +366,70 @@ def build_baseline(reference: Mapping[str, np.ndarray],
             performance = _performance(predictions, labels, numeric=prediction.kind == "numeric")
     elif labels is not None:
         raise ValueError("labels need predictions")
-    return Baseline(bins=bins, ks_sample=ks_sample, seed=seed, numeric=numeric, categorical=cats,
-                    prediction=prediction, performance=performance)
+    return Baseline(schema_version=2 if text is not None else 1, bins=bins, ks_sample=ks_sample, seed=seed,
+                    numeric=numeric, categorical=cats, prediction=prediction, performance=performance,
+                    text=text)
+
+
+def text_projection(embeddings: np.ndarray, components: int = TEXT_COMPONENTS, *,
+                    decimals: int = PROJECTION_DECIMALS) -> TextProjection:
+    """The mean and the first `components` principal directions (right singular vectors of the centred
+    embeddings) of reference embeddings [n, d]; fewer when n - 1 or d is smaller. Each direction is signed
+    so that its largest coordinate is positive (an SVD's signs are arbitrary), then everything is rounded
+    to `decimals` places, so the same embeddings give the same bytes."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    if e.ndim != 2 or e.shape[0] < 2 or e.shape[1] < 1:
+        raise ValueError(f"text projection: expected at least 2 embeddings [n, d], got shape {e.shape}")
+    if not np.isfinite(e).all():
+        raise ValueError("text projection: the reference embeddings hold NaN/Inf values")
+    if components < 1:
+        raise ValueError("components must be >= 1")
+    k = min(components, e.shape[0] - 1, e.shape[1])
+    mean = e.mean(axis=0)
+    _, s, vt = np.linalg.svd(e - mean, full_matrices=False)
+    v = vt[:k]
+    v = v * np.sign(v[np.arange(k), np.argmax(np.abs(v), axis=1)])[:, None]
+    total = float(np.sum(s * s))
+    ratio = s[:k] ** 2 / total if total > 0 else np.zeros(k)
+    return TextProjection(dim=int(e.shape[1]), count=int(e.shape[0]),
+                          mean=(np.round(mean, decimals) + 0.0).tolist(),
+                          components=(np.round(v, decimals) + 0.0).tolist(),
+                          explained_variance_ratio=(np.round(ratio, decimals) + 0.0).tolist())
+
+
+def text_features(tokens: np.ndarray | Sequence[int], unknown: np.ndarray | Sequence[int],
+                  embeddings: np.ndarray | None = None,
+                  projection: TextProjection | None = None) -> dict[str, np.ndarray]:
+    """The derived features of texts, as the capture computes them: `token_count`, `unknown_token_rate`
+    and, with a projection, `embedding_pc1..K` of `embeddings`."""
+    t = np.asarray(tokens, dtype=np.float64)
+    features = {TOKEN_COUNT: t, UNKNOWN_TOKEN_RATE: unknown_rate(t, np.asarray(unknown)).astype(np.float64)}
+    if projection is not None:
+        if embeddings is None:
+            raise ValueError("a projection needs the embeddings")
+        coords = projection.project(embeddings)
+        if coords.shape[0] != t.size:
+            raise ValueError(f"{coords.shape[0]} embeddings for {t.size} token counts")
+        for k in range(projection.k):
+            features[embedding_pc(k + 1)] = coords[:, k]
+    return features
+
+
+def build_text_baseline(tokens: np.ndarray | Sequence[int], unknown: np.ndarray | Sequence[int],
+                        embeddings: np.ndarray | None, *, embedding: Literal["output", "backbone"],
+                        input: str = "text", components: int = TEXT_COMPONENTS,  # noqa: A002
+                        predictions: np.ndarray | Sequence[str] | None = None,
+                        labels: np.ndarray | Sequence[str] | None = None,
+                        bins: int = 100, ks_sample: int = 2000, seed: int = 0) -> Baseline:
+    """The baseline of a text model from its reference texts' token counts (tokens before truncation and
+    unknown tokens per text, from the model's tokenizer) and embeddings [n, d] (None, or components=0:
+    no projection). `predictions`/`labels` may come from other rows than the texts (e.g. a held-out split
+    for an honest baseline accuracy)."""
+    projection = text_projection(embeddings, components) if embeddings is not None and components else None
+    features = text_features(tokens, unknown, embeddings, projection)
+    section = TextBaseline(input=input, embedding=embedding, features=list(features), projection=projection)
+    return build_baseline(features, predictions=predictions, labels=labels, bins=bins, ks_sample=ks_sample,
+                          seed=seed, text=section)
 
 
 def _performance(predictions: np.ndarray | Sequence[object], labels: np.ndarray | Sequence[object], *,

@@ -32,6 +32,10 @@ MAGIC = b"TMLCAP1\n"
 PREFIX = "capture"
 SUFFIX = ".tmlc"
 PREDICTION = "prediction"   # the column holding the model's prediction (labels or a numeric score)
+# The derived features of a text input (tenantml.serving.capture writes them, baseline.json describes them):
+TOKEN_COUNT = "token_count"  # noqa: S105 - tokens of the text before truncation, special tokens excluded
+UNKNOWN_TOKEN_RATE = "unknown_token_rate"  # noqa: S105 - share of those tokens that are the unknown token
+EMBEDDING_PC = "embedding_pc"               # + 1..K: the embedding on the reference's principal directions
 ID_WIDTH = 36           # a uuid4 string; longer request ids are truncated for the join
 _HEADER = struct.Struct("<I")
 _MAX_HEADER = 1 << 20
@@ -55,6 +59,18 @@ class Frame:
     categorical: Mapping[str, tuple[np.ndarray, tuple[str, ...]]]
     request_ids: np.ndarray
     times_ms: np.ndarray
+
+
+def embedding_pc(k: int) -> str:
+    """The column of the embedding's projection on the k-th principal direction (1-based)."""
+    return f"{EMBEDDING_PC}{k}"
+
+
+def unknown_rate(tokens: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+    """unknown / tokens per text as float32, 0 for a text without tokens: one definition for the capture and
+    for the baseline."""
+    t = np.asarray(tokens, dtype=np.float32)
+    return np.asarray(unknown, dtype=np.float32) / np.maximum(t, np.float32(1))
 
 
 def frame_key(tenant: str, model: str, version: str, at: datetime, token: str | None = None) -> str:

@@ -62,13 +62,15 @@ def run_command(args: argparse.Namespace) -> int:
         get_drift_settings,
         get_publisher_settings,
         get_registry_settings,
+        get_signal_settings,
     )
 
     end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
     try:
         with platform_target("drift_worker"):
             aws, drift = get_aws_settings(), get_drift_settings()
-            worker = worker_from_settings(drift, get_registry_settings(), get_publisher_settings(), aws)
+            worker = worker_from_settings(drift, get_registry_settings(), get_publisher_settings(), aws,
+                                          signals_table=get_signal_settings().signals_table)
             version = args.version or worker.registry.resolve(args.tenant, args.model).version
             job = DriftJob(tenant=args.tenant, model=args.model, version=version,
                            window_start=end - timedelta(minutes=args.minutes), window_end=end)
@@ -81,8 +83,9 @@ def run_command(args: argparse.Namespace) -> int:
     out = home / "reports" / report_key(job, "html").replace("/", "_")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(html)
-    print(f"{args.tenant}/{args.model} version {version}: {outcome.verdict}"
-          f"{' (DriftDetected published)' if outcome.event_id else ''}")
+    accuracy = f", accuracy {outcome.accuracy_verdict.replace('_', ' ')}" if outcome.accuracy_verdict else ""
+    published = f" ({len(outcome.event_ids)} DriftDetected published)" if outcome.event_ids else ""
+    print(f"{args.tenant}/{args.model} version {version}: {outcome.verdict}{accuracy}{published}")
     print(f"report: {out.resolve()}")
     print(f"        s3://{drift.artifact_bucket}/{outcome.report_key}")
     return 0

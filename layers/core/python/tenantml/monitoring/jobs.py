@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,13 +30,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenantml.errors import ModelNotFound, ModelUnavailable
 from tenantml.events import DriftDetected, event_time
 from tenantml.monitoring.baseline import Baseline
-from tenantml.monitoring.capture import PREFIX, SUFFIX, partition_prefix
+from tenantml.monitoring.capture import PREFIX, SUFFIX, decode_frame, partition_prefix
+from tenantml.monitoring.feedback import AccuracyAccumulator, Feedback, FeedbackIndex, accuracy_report
+from tenantml.monitoring.objects import list_keys, list_pages, stamped_keys
 from tenantml.monitoring.report import render_html, report_json
 from tenantml.monitoring.stats import Thresholds
 from tenantml.monitoring.window import Window
 from tenantml.registry import ModelVersion, Registry
 
 REPORTS = "reports"
+FEEDBACK_HORIZON = timedelta(days=7)   # feedback read for a window: what arrived within a week of its start
 BASELINE_FILE = "baseline.json"
 
 
@@ -53,10 +56,14 @@ class DriftJob(BaseModel):
 
     @property
     def change_id(self) -> str:
-        """The same for every run of this check (deduplication key of its DriftDetected event)."""
+        """The same for every run of this check (deduplication key of its data/prediction DriftDetected)."""
+        return self.change_id_of("")
+
+    def change_id_of(self, kind: str) -> str:
+        """The deduplication key of this check's DriftDetected of `kind` ("" for data/prediction drift)."""
         key = (f"{self.tenant}/{self.model}/{self.version}/"
                f"{self.window_start:%Y%m%dT%H%M}/{self.window_end:%Y%m%dT%H%M}")
-        return str(uuid.UUID(hashlib.sha256(key.encode()).hexdigest()[:32]))
+        return str(uuid.UUID(hashlib.sha256((key + (f"/{kind}" if kind else "")).encode()).hexdigest()[:32]))
 
 
 def window_for(scheduled: datetime, minutes: int) -> tuple[datetime, datetime]:
@@ -67,37 +74,9 @@ def window_for(scheduled: datetime, minutes: int) -> tuple[datetime, datetime]:
     return end - timedelta(minutes=minutes), end
 
 
-def hours(start: datetime, end: datetime) -> list[datetime]:
-    h = start.replace(minute=0, second=0, microsecond=0)
-    out = []
-    while h < end:
-        out.append(h)
-        h += timedelta(hours=1)
-    return out
-
-
 def report_key(job: DriftJob, extension: str) -> str:
     return (f"{REPORTS}/tenant={job.tenant}/model={job.model}/version={job.version}/"
             f"{job.window_end:%Y-%m-%dT%H-%MZ}.{extension}")
-
-
-def list_pages(s3: Any, bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every ListObjectsV2 page under `prefix`."""
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-    if delimiter:
-        kwargs["Delimiter"] = delimiter
-    while True:
-        resp = s3.list_objects_v2(**kwargs)
-        yield resp
-        if not resp.get("NextContinuationToken"):
-            return
-        kwargs["ContinuationToken"] = resp["NextContinuationToken"]
-
-
-def list_keys(s3: Any, bucket: str, prefix: str) -> Iterator[str]:
-    for page in list_pages(s3, bucket, prefix):
-        for obj in page.get("Contents") or []:
-            yield obj["Key"]
 
 
 class CaptureIndex:
@@ -122,14 +101,8 @@ class CaptureIndex:
 
     def frames(self, tenant: str, model: str, version: str, start: datetime, end: datetime) -> Iterator[str]:
         """Keys of the frames written in [start, end), oldest first."""
-        lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-        for h in hours(start, end):
-            prefix = f"{partition_prefix(tenant, model, version)}date={h:%Y-%m-%d}/hour={h:%H}/"
-            for key in list_keys(self._s3, self._bucket, prefix):
-                name = key.rsplit("/", 1)[-1]
-                stamp = name.split("-", 1)[0]
-                if name.endswith(SUFFIX) and stamp.isdigit() and lo <= int(stamp) < hi:
-                    yield key
+        yield from stamped_keys(self._s3, self._bucket, partition_prefix(tenant, model, version), SUFFIX,
+                                start, end)
 
     def read(self, key: str) -> bytes:
         return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
@@ -151,18 +124,56 @@ class DriftOutcome:
     job: DriftJob
     verdict: str
     report_key: str
-    event_id: str | None
+    event_id: str | None                   # the first DriftDetected put (data/prediction, else accuracy)
+    event_ids: tuple[str, ...] = ()
+    accuracy_verdict: str | None = None
 
 
 class DriftWorker:
     """Runs one DriftJob. `bus`: tenantml.events.bus.EventBridgeBus; `metrics`: a Powertools Metrics."""
 
     def __init__(self, *, index: CaptureIndex, registry: Registry, bus: Any, s3: Any, bucket: str,
-                 thresholds: Thresholds, metrics: Any | None = None) -> None:
+                 thresholds: Thresholds, metrics: Any | None = None, feedback: FeedbackIndex | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), signals: Any | None = None,
+                 ) -> None:
+        """`signals`: tenantml.rollout.signals.DynamoSignals; a live rollout's versions get the window's
+        accuracy there, for the rollout controller's accuracy guardrail."""
         self.index, self.registry, self.bus = index, registry, bus
         self._s3, self._bucket = s3, bucket
         self.thresholds = thresholds
         self.metrics = metrics
+        self.feedback = feedback
+        self._clock = clock
+        self.signals = signals
+
+    def _thresholds(self, mv: ModelVersion | None) -> Thresholds:
+        """The platform's thresholds with the model's own overrides (manifest `drift_thresholds`)."""
+        overrides = mv.manifest.drift_thresholds if mv is not None else {}
+        return Thresholds.model_validate({**self.thresholds.model_dump(), **overrides}) if overrides \
+            else self.thresholds
+
+    def _feedback(self, job: DriftJob) -> Feedback | None:
+        """The model's feedback since the window started (at most FEEDBACK_HORIZON after it)."""
+        if self.feedback is None:
+            return None
+        until = min(self._clock(), job.window_start + FEEDBACK_HORIZON)
+        fb = self.feedback.load(job.tenant, job.model, job.window_start, until)
+        return fb if fb.items else None
+
+    def _accuracy_trend(self, job: DriftJob, limit: int = 24) -> list[dict[str, Any]]:
+        """Accuracy of the version's earlier windows (their reports), oldest first."""
+        prefix = f"{REPORTS}/tenant={job.tenant}/model={job.model}/version={job.version}/"
+        current = report_key(job, "json")
+        keys = sorted(k for k in list_keys(self._s3, self._bucket, prefix)
+                      if k.endswith(".json") and k < current)
+        trend = []
+        for key in keys[-limit:]:
+            earlier = json.loads(self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read())
+            acc = earlier.get("accuracy") or {}
+            if acc.get("value") is not None:
+                trend.append({"window_end": earlier["window"]["end"], "value": acc["value"],
+                              "matched": acc.get("matched", 0)})
+        return trend
 
     def _baseline(self, mv: ModelVersion) -> Baseline | None:
         from tenantml.manifest import sha256_bytes  # noqa: PLC0415
@@ -187,31 +198,61 @@ class DriftWorker:
         except ModelNotFound:
             mv = None
         baseline = self._baseline(mv) if mv is not None else None
-        window = None
+        thresholds = self._thresholds(mv)
+        window = accuracy = None
         if baseline is not None:
             window = Window(baseline, (job.tenant, job.model, job.version))
+            feedback = self._feedback(job)
+            accuracy = AccuracyAccumulator(feedback) if feedback is not None else None
             keys = self.index.frames(job.tenant, job.model, job.version, job.window_start, job.window_end)
             for key in keys:
-                window.add(self.index.read(key))
-        report = report_json(job, window, self.thresholds,
+                frame = decode_frame(self.index.read(key))
+                window.add(frame)
+                if accuracy is not None:
+                    accuracy.add(frame)
+        report = report_json(job, window, thresholds,
                              reason=None if baseline is not None else
                              ("the model version is no longer registered" if mv is None else
                               "the model version has no baseline.json"))
+        if accuracy is not None and baseline is not None:
+            report["accuracy"] = accuracy_report(accuracy, baseline.performance, thresholds,
+                                                 self._accuracy_trend(job), report["window"]["end"])
+            report["drift"]["accuracy"] = report["accuracy"]["verdict"] == "drop"
+            report["summary"] += f"; {report['accuracy']['reason']}"
+            self._rollout_accuracy(job, mv, accuracy)
         key = report_key(job, "json")
         self._put(key, json.dumps(report, indent=1).encode(), "application/json")
         self._put(report_key(job, "html"), render_html(report).encode(), "text/html; charset=utf-8")
         self._record(job, report)
-        event_id = None
+        events = []
         kinds = [k for k in ("data", "prediction") if report["drift"][k]]
         if kinds:
-            detail = DriftDetected(
-                tenant=job.tenant, model=job.model, version=job.version, actor="drift_worker",
-                change_id=job.change_id, at=report["generated_for"], kind=kinds[0],
-                reason=report["summary"], window_start=report["window"]["start"],
-                window_end=report["window"]["end"], report=key,
-                drifted_features=[f["name"] for f in report["features"] if f["verdict"] == "drift"])
-            event_id = self.bus.put("DriftDetected", detail)
-        return DriftOutcome(job, report["verdict"], key, event_id)
+            events.append(self._detected(job, report, kinds[0], job.change_id, report["summary"],
+                                         drifted_features=[f["name"] for f in report["features"]
+                                                           if f["verdict"] == "drift"]))
+        acc = report.get("accuracy")
+        if report["drift"].get("accuracy"):
+            events.append(self._detected(job, report, "accuracy", job.change_id_of("accuracy"), acc["reason"],
+                                         metric=acc["metric"], value=acc["value"], baseline=acc["baseline"]))
+        return DriftOutcome(job, report["verdict"], key, events[0] if events else None, tuple(events),
+                            acc["verdict"] if acc else None)
+
+    def _detected(self, job: DriftJob, report: dict[str, Any], kind: str, change_id: str, reason: str,
+                  **fields: Any) -> str:
+        detail = DriftDetected(tenant=job.tenant, model=job.model, version=job.version, actor="drift_worker",
+                               change_id=change_id, at=report["generated_for"], kind=kind, reason=reason,
+                               window_start=report["window"]["start"], window_end=report["window"]["end"],
+                               report=report_key(job, "json"), **fields)
+        return self.bus.put("DriftDetected", detail)
+
+    def _rollout_accuracy(self, job: DriftJob, mv: ModelVersion | None, accuracy: AccuracyAccumulator,
+                          ) -> None:
+        rollout = mv.rollout if mv is not None else None
+        if self.signals is None or rollout is None or not rollout.live or accuracy.feedback.kind != "label" \
+                or job.version not in (rollout.stable, rollout.candidate) or not accuracy.matched:
+            return
+        self.signals.put_accuracy(rollout.id, job.version, job.window_end, job.tenant,
+                                  labelled=accuracy.matched, correct=accuracy.correct)
 
     def _put(self, key: str, body: bytes, content_type: str) -> None:
         self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType=content_type)
@@ -226,9 +267,14 @@ class DriftWorker:
         from tenantml.observability import NAMESPACE  # noqa: PLC0415
 
         dims = {"model": job.model, "version": job.version}
-        for name, unit, value in (("DriftShare", MetricUnit.Percent, 100 * report["share"]),
-                                  ("DriftedFeatures", MetricUnit.Count, report["n_drifted"]),
-                                  ("DriftWindowRows", MetricUnit.Count, report["rows"])):
+        figures = [("DriftShare", MetricUnit.Percent, 100 * report["share"]),
+                   ("DriftedFeatures", MetricUnit.Count, report["n_drifted"]),
+                   ("DriftWindowRows", MetricUnit.Count, report["rows"])]
+        acc = report.get("accuracy") or {}
+        if acc.get("value") is not None and acc["verdict"] != "insufficient_data":
+            figures.append(("Accuracy", MetricUnit.Percent, 100 * acc["value"]) if acc["metric"] == "accuracy"
+                           else ("MeanAbsoluteError", MetricUnit.None_, acc["value"]))
+        for name, unit, value in figures:
             with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE,
                                default_dimensions=dims):
                 pass
@@ -285,8 +331,9 @@ def scheduler_from_settings(settings: Any, aws: Any) -> DriftScheduler:
 
 
 def worker_from_settings(drift: Any, registry: Any, publisher: Any, aws: Any, metrics: Any | None = None,
-                         ) -> DriftWorker:
-    """drift: DriftSettings; registry: RegistrySettings; publisher: PublisherSettings."""
+                         signals_table: str | None = None) -> DriftWorker:
+    """drift: DriftSettings; registry: RegistrySettings; publisher: PublisherSettings; signals_table: the
+    rollout signals (SignalSettings)."""
     from tenantml.aws import client  # noqa: PLC0415
     from tenantml.events.bus import EventBridgeBus  # noqa: PLC0415
     from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
@@ -295,8 +342,18 @@ def worker_from_settings(drift: Any, registry: Any, publisher: Any, aws: Any, me
     return DriftWorker(index=CaptureIndex(s3, drift.artifact_bucket),
                        registry=DynamoRegistry(registry.registry_table, aws),
                        bus=EventBridgeBus(publisher.event_bus_name, aws), s3=s3,
-                       bucket=drift.artifact_bucket,
-                       thresholds=Thresholds(min_samples=drift.drift_min_samples), metrics=metrics)
+                       bucket=drift.artifact_bucket, feedback=FeedbackIndex(s3, drift.artifact_bucket),
+                       thresholds=Thresholds(min_samples=drift.drift_min_samples), metrics=metrics,
+                       signals=_signals(signals_table, aws))
+
+
+def _signals(table: str | None, aws: Any) -> Any:
+    if not table:
+        return None
+    from tenantml.aws import client  # noqa: PLC0415
+    from tenantml.rollout.signals import DynamoSignals  # noqa: PLC0415
+
+    return DynamoSignals(client("dynamodb", aws), table)
 
 
 class ReportIndex:
@@ -317,5 +374,8 @@ class ReportIndex:
             out.append({"version": report["version"], "window": report["window"],
                         "verdict": report["verdict"], "summary": report["summary"], "rows": report["rows"],
                         "drifted_features": drifted, "report": key,
+                        "accuracy": {k: (report.get("accuracy") or {}).get(k)
+                                     for k in ("metric", "value", "baseline", "matched", "verdict")}
+                        if report.get("accuracy") else None,
                         "html": key[: -len(".json")] + ".html"})
         return out

@@ -163,6 +163,55 @@ def _feature_html(f: dict[str, Any]) -> str:
             f'<table>{rows}</table>{f"<ul>{reasons}</ul>" if reasons else ""}</div>')
 
 
+def _trend_svg(trend: list[dict[str, Any]], metric: str, baseline: float | None) -> str:
+    """A line of the metric over the version's windows (oldest left), the baseline dashed."""
+    points = [(t["window_end"], float(t["value"])) for t in trend if t.get("value") is not None]
+    if not points:
+        return ""
+    width, height, pad = 640, 140, 34
+    values = [v for _, v in points] + ([baseline] if baseline is not None else [])
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or max(abs(hi), 1e-9) * 0.1
+    lo, hi = lo - span * 0.15, hi + span * 0.15
+    step = (width - 2 * pad) / max(len(points) - 1, 1)
+
+    def y(v: float) -> float:
+        return height - 10 - (height - 20) * (v - lo) / (hi - lo)
+    fmt = (lambda v: f"{v:.1%}") if metric == "accuracy" else (lambda v: f"{v:.4g}")
+    xy = [(pad + i * step, y(v)) for i, (_, v) in enumerate(points)]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 20}" role="img" '
+             f'aria-label="{metric} per window">']
+    if baseline is not None:
+        yb = y(baseline)
+        parts.append(f'<line x1="{pad}" y1="{yb:.1f}" x2="{width - pad}" y2="{yb:.1f}" stroke="#8c959f" '
+                     f'stroke-dasharray="4 3"><title>baseline {fmt(baseline)}</title></line>')
+    parts.append('<polyline fill="none" stroke="#0969da" stroke-width="2" points="'
+                 + " ".join(f"{a:.1f},{b:.1f}" for a, b in xy) + '"/>')
+    for (end, v), (a, b) in zip(points, xy, strict=True):
+        parts.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="#0969da"><title>'
+                     f'{html.escape(str(end))}: {fmt(v)}</title></circle>')
+    parts.append(f'<text x="2" y="12" font-size="10">{fmt(hi)}</text>'
+                 f'<text x="2" y="{height}" font-size="10">{fmt(lo)}</text></svg>')
+    return "".join(parts)
+
+
+def _accuracy_html(acc: dict[str, Any] | None) -> str:
+    if not acc:
+        return ""
+    verdict = {"drop": "drift", "ok": "no_drift"}.get(acc["verdict"], "insufficient_data")
+    stats = [(acc["metric"], acc["value"]), ("baseline", acc["baseline"]), ("change", acc["change"]),
+             ("RMSE", acc.get("rmse")), ("predictions joined with feedback", acc["matched"]),
+             ("feedback items", acc["feedback"]),
+             ("feedback without a captured prediction", acc["unmatched"]),
+             ("joined rows of the wrong kind", acc["kind_mismatch"])]
+    rows = "".join(f'<tr><td>{k}</td><td class="num">{_fmt(v)}</td></tr>' for k, v in stats if v is not None)
+    return (f'<div class="feature"><h2>Ground truth: {acc["metric"]} <span class="verdict {verdict}">'
+            f'{html.escape(acc["verdict"].replace("_", " "))}</span></h2><p>{html.escape(acc["reason"])}</p>'
+            f'<p class="muted">per window, this version (dashed: baseline)</p>'
+            f'{_trend_svg(acc.get("trend") or [], acc["metric"], acc["baseline"])}'
+            f'<table>{rows}</table></div>')
+
+
 def render_html(report: dict[str, Any]) -> str:
     title = f'Drift report: {report["model"]} version {report["version"]}'
     mismatch = report.get("schema_mismatch") or {}
@@ -179,4 +228,4 @@ def render_html(report: dict[str, Any]) -> str:
             f'window {report["window"]["start"]} to {report["window"]["end"]} · {report["rows"]} rows in '
             f'{report["frames"]} capture objects</p><p><span class="verdict {report["verdict"]}">'
             f'{report["verdict"].replace("_", " ")}</span> {html.escape(report["summary"])}</p>'
-            f'{mismatch_html}{prediction}{features}</body></html>')
+            f'{mismatch_html}{_accuracy_html(report.get("accuracy"))}{prediction}{features}</body></html>')

@@ -493,6 +493,15 @@ class Thresholds(_Model):
                                     description="above this binning error bound, the KS is computed exactly "
                                                 "on the baseline sample and the window's sample instead")
     psi_eps: float = Field(default=1e-4, gt=0, lt=1)
+    accuracy_drop: float = Field(default=0.03, gt=0, le=1,
+                                 description="a classifier's accuracy this far (absolute, 0.03 = 3 points) "
+                                             "below its baseline accuracy is an accuracy drift")
+    error_rise: float = Field(default=0.1, gt=0,
+                              description="a regression's mean absolute error this much above its baseline "
+                                          "MAE (relative, 0.1 = +10%) is an accuracy drift")
+    min_feedback: int = Field(default=30, ge=1,
+                              description="fewer predictions joined with feedback: the accuracy is "
+                                          "insufficient_data")
 
 
 class FeatureDrift(_Model):

@@ -1,10 +1,12 @@
 """A drift window, streamed over capture frames: one frame at a time into the accumulators, so memory
 stays flat however many rows the window holds (each frame is released before the next is read).
 
-Column conventions of a frame: a baseline feature by its name; the model's prediction as `prediction`
-(categorical labels or a numeric score). A frame of the right owner that lacks a baseline feature, or
-holds it with the wrong kind, is a schema mismatch: its rows are counted per feature and shown in the
-report, never silently dropped; a frame of another (tenant, model, version) is refused (CorruptFrame).
+Column conventions of a frame: a baseline feature by its name (a text model's derived features too:
+`token_count`, `unknown_token_rate`, `embedding_pc1..K`, numeric features like any other); the model's
+prediction as `prediction` (categorical labels or a numeric score). A frame of the right owner that lacks
+a baseline feature, or holds it with the wrong kind, is a schema mismatch: its rows are counted per
+feature and shown in the report, never silently dropped; a frame of another (tenant, model, version) is
+refused (CorruptFrame).
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ class ModelVersion:
     version: str
     manifest: Manifest
     status: str = "active"
+    # The model's rollout (tenantml.rollout.machine.Rollout) as stored on its model item, or None: the
+    # serving path routes with it without another registry read.
+    rollout: Any = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ PRODUCTION_ALIAS = "production"
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ACTION_REGISTER = "register_version"
 ACTION_SET_ALIAS = "set_alias"
+ACTION_ROLLOUT = "rollout"        # audit actions "rollout_<action>" (start, advance, rollback, ...)
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,19 @@ class ModelRegistry(Registry, Protocol):
         """The tenant's audit log, newest first."""
         ...
 
+    def get_rollout(self, owner: str, model: str) -> Any:
+        """The owner's model's stored Rollout (strongly consistent), or None. ModelNotFound if no model."""
+        ...
+
+    def live_rollouts(self) -> list[tuple[str, str]]:
+        """(owner, model) of every live (active or frozen) rollout: what the controller checks."""
+        ...
+
+    def apply_rollout(self, owner: str, model: str, transition: Any) -> None:
+        """Store `transition.after` if the stored rollout is still `transition.before` (Conflict
+        otherwise), with its audit record `rollout_<action>` in the same write."""
+        ...
+
 
 class VerifiedArtifactStore(ArtifactStore, Protocol):
     """The artifact store with what registration needs: hashing in place and no-clobber writes."""
@@ -187,6 +204,7 @@ class ModelState:
     aliases: Mapping[str, str]
     created_at: str
     updated_at: str
+    rollout: str | None = None      # the Rollout as JSON (tenantml.rollout.machine), None if never started
 
 
 def utc_now() -> datetime:
@@ -264,6 +282,48 @@ def plan_registration(state: ModelState | None, owner: str, model: str, manifest
                           created_at=now, updated_at=now)
     return replace(state, task=manifest.task, backend=manifest.backend, latest=version, max_int=max_int,
                    version_count=state.version_count + 1, aliases=new_aliases, updated_at=now)
+
+
+def rollout_of(state: ModelState | None) -> Any:
+    """The stored Rollout of a model item, or None."""
+    if state is None or not state.rollout:
+        return None
+    from tenantml.rollout.machine import Rollout  # noqa: PLC0415 - pure; only models with a rollout
+
+    return Rollout.model_validate_json(state.rollout)
+
+
+def plan_rollout(state: ModelState | None, transition: Any, now: str) -> ModelState:
+    """The model item after applying a rollout Transition (tenantml.rollout.machine). Conflict unless the
+    stored rollout is still the one the transition was computed from (its revision): a transition applies
+    once, and a trigger that lost the race becomes a no-op for its caller. Completing or promoting moves
+    the `production` alias to the candidate in the same write, so no window exists in which the rollout
+    has ended but resolution still answers with the old version."""
+    from tenantml.errors import Conflict, ModelNotFound  # noqa: PLC0415
+
+    after = transition.after
+    if state is None:
+        raise ModelNotFound(after.model)
+    current = rollout_of(state)
+    expected = transition.before
+    if (current.revision if current else None) != (expected.revision if expected else None) \
+            or (expected is not None and current != expected):
+        raise Conflict(f"the rollout of model '{after.model}' changed concurrently; read it again",
+                       detail=f"revision {current.revision if current else None}, transition from "
+                              f"{expected.revision if expected else None}")
+    aliases = dict(state.aliases)
+    if after.status == "completed":
+        aliases[PRODUCTION_ALIAS] = after.candidate
+    return replace(state, aliases=aliases, rollout=after.model_dump_json(), updated_at=now)
+
+
+def rollout_details(transition: Any) -> dict[str, Any]:
+    """The audit record of a rollout change: who or what, why, from, to."""
+    after = transition.after
+    return {"action": transition.action, "rollout_id": after.id, "mode": after.mode,
+            "stable": after.stable, "candidate": after.candidate, "status": after.status,
+            "from_weight": transition.from_weight, "to_weight": transition.to_weight,
+            "stage": after.stages[after.stage], "revision": after.revision, "reason": transition.reason}
 
 
 def registration_details(manifest: Manifest, aliases: Sequence[str]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
     pk = "T#<tenant>"        sk = "M#<model>"               model item (aliases, task, backend, latest, ...)
     pk = "T#<tenant>"        sk = "M#<model>#V#<version>"   version item (manifest JSON, status, registered_*)
     pk = "T#<tenant>#AUDIT"  sk = "<iso8601>#<uuid>"        audit record (append-only)
+    pk = "ROLLOUTS"          sk = "<owner>#<model>"         a live rollout (written and removed with it)
 
 Every change is one TransactWriteItems: the new or changed items, each with a condition, plus the audit
 record. The model item is written on the condition that it is still the one that was read (optimistic
@@ -26,6 +27,7 @@ from tenantml.manifest import Manifest
 from tenantml.observability import logger
 from tenantml.registry import (
     ACTION_REGISTER,
+    ACTION_ROLLOUT,
     ACTION_SET_ALIAS,
     AliasChange,
     AuditPage,
@@ -46,7 +48,10 @@ from tenantml.registry import (
     iso,
     lookup_owners,
     plan_registration,
+    plan_rollout,
     registration_details,
+    rollout_details,
+    rollout_of,
     select_version,
     utc_now,
 )
@@ -54,6 +59,9 @@ from tenantml.settings import AwsSettings
 
 _BATCH_ATTEMPTS = 5
 _CONDITION_FAILED = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+
+
+LIVE_ROLLOUTS_PK = "ROLLOUTS"
 
 
 def tenant_pk(tenant: str) -> str:
@@ -117,7 +125,8 @@ def _state(item: Mapping[str, Any]) -> ModelState:
     d = _plain(item)
     return ModelState(owner=d["tenant"], model=d["model"], task=d["task"], backend=d["backend"],
                       latest=d["latest"], max_int=d["max_int"], version_count=d["version_count"],
-                      aliases=d.get("aliases") or {}, created_at=d["created_at"], updated_at=d["updated_at"])
+                      aliases=d.get("aliases") or {}, created_at=d["created_at"], updated_at=d["updated_at"],
+                      rollout=d.get("rollout"))
 
 
 def _model_item(state: ModelState) -> dict[str, Any]:
@@ -125,7 +134,7 @@ def _model_item(state: ModelState) -> dict[str, Any]:
                   "tenant": state.owner, "model": state.model, "task": state.task, "backend": state.backend,
                   "latest": state.latest, "max_int": state.max_int, "version_count": state.version_count,
                   "aliases": dict(state.aliases), "created_at": state.created_at,
-                  "updated_at": state.updated_at})
+                  "updated_at": state.updated_at, **({"rollout": state.rollout} if state.rollout else {})})
 
 
 @dataclass(frozen=True)
@@ -205,7 +214,8 @@ class DynamoRegistry:
         state = self._owner_state(tenant, model)
         if state is None:
             raise ModelNotFound(model, version)
-        return self._read_version(state.owner, model, select_version(state, version))
+        mv = self._read_version(state.owner, model, select_version(state, version))
+        return replace(mv, rollout=rollout_of(state)) if state.rollout else mv
 
     def get_version(self, owner: str, model: str, version: str) -> ModelVersion:
         if not is_valid_lookup(model, version):
@@ -406,6 +416,59 @@ class DynamoRegistry:
             return AliasChange(tenant, model, alias, version, previous)
         raise Conflict(f"model '{model}' is being changed concurrently; retry",
                        detail=f"{self._max_attempts} optimistic attempts lost for {tenant}/{model}")
+
+
+    def get_rollout(self, owner: str, model: str) -> Any:
+        check_tenant(owner)
+        check_model_name(model)
+        state = self._read_model(owner, model)
+        if state is None:
+            raise ModelNotFound(model)
+        return rollout_of(state)
+
+    def live_rollouts(self) -> list[tuple[str, str]]:
+        return [(_py(i["tenant"]), _py(i["model"])) for i in self._query(
+            KeyConditionExpression="pk = :pk", ExpressionAttributeValues=_item({":pk": LIVE_ROLLOUTS_PK}),
+            ConsistentRead=True)]
+
+    def apply_rollout(self, owner: str, model: str, transition: Any) -> None:
+        check_tenant(owner)
+        check_model_name(model)
+        for attempt in range(1, self._max_attempts + 1):
+            before = self._read_model(owner, model)
+            now = iso(self._clock())
+            after = plan_rollout(before, transition, now)        # Conflict if the rollout moved on
+            assert before is not None
+            marker = _item({"pk": LIVE_ROLLOUTS_PK, "sk": f"{owner}#{model}"})
+            items = [self._model_write(before, after),
+                     self._audit_put(owner, f"{ACTION_ROLLOUT}_{transition.action}", transition.actor, model,
+                                     transition.after.candidate, rollout_details(transition), now),
+                     {"Put": {"TableName": self._table, "Item": {
+                         **marker, **_item({"kind": "live_rollout", "tenant": owner, "model": model,
+                                           "rollout_id": transition.after.id})}}}
+                     if transition.after.live else {"Delete": {"TableName": self._table, "Key": marker}}]
+            if transition.action == "start":   # the candidate must exist when the rollout starts
+                key = {"pk": tenant_pk(owner), "sk": version_sk(model, transition.after.candidate)}
+                items.append({"ConditionCheck": {"TableName": self._table, "Key": _item(key),
+                                                 "ConditionExpression": "attribute_exists(pk)"}})
+            try:
+                self._ddb.transact_write_items(TransactItems=items)
+            except Exception as exc:
+                why = _cancelled(exc)
+                if why is None:
+                    raise
+                if why.failed(0):          # the model item changed: re-read; plan_rollout decides
+                    logger.info("registry write raced, retrying",
+                                extra={"tenant": owner, "model": model, "attempt": attempt})
+                    continue
+                if why.failed(3):
+                    raise ModelNotFound(model, transition.after.candidate) from None
+                raise
+            logger.info("rollout changed", extra={"tenant": owner, "model": model,
+                                                  **rollout_details(transition)})
+            return
+        raise Conflict(f"model '{model}' is being changed concurrently; retry",
+                       detail=f"{self._max_attempts} optimistic attempts lost for {owner}/{model}")
 
 
 def _audit_record(d: Mapping[str, Any]) -> AuditRecord:

@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from tenantml.errors import BadRequest, Conflict, ModelNotFound, ModelUnavailable
 from tenantml.manifest import BackboneRef, FileEntry, Manifest, Task, TensorSpec, sha256_bytes
 from tenantml.registry import (
     ACTION_REGISTER,
+    ACTION_ROLLOUT,
     ACTION_SET_ALIAS,
     AliasChange,
     ArtifactDigest,
@@ -42,7 +43,10 @@ from tenantml.registry import (
     iso,
     lookup_owners,
     plan_registration,
+    plan_rollout,
     registration_details,
+    rollout_details,
+    rollout_of,
     select_version,
     utc_now,
 )
@@ -86,7 +90,8 @@ class MemoryRegistry:
             state = self._owner_state(tenant, model)
             if state is None:
                 raise ModelNotFound(model, version)
-            return self._version(state.owner, model, select_version(state, version))
+            mv = self._version(state.owner, model, select_version(state, version))
+            return replace(mv, rollout=rollout_of(state)) if state.rollout else mv
 
     def get_version(self, owner: str, model: str, version: str) -> ModelVersion:
         if not is_valid_lookup(model, version):
@@ -204,6 +209,33 @@ class MemoryRegistry:
             self._append_audit(tenant, ACTION_SET_ALIAS, actor, model, version,
                                {"alias": alias, "previous": previous}, now)
             return AliasChange(tenant, model, alias, version, previous)
+
+    def get_rollout(self, owner: str, model: str) -> Any:
+        check_tenant(owner)
+        check_model_name(model)
+        with self._lock:
+            state = self._models.get((owner, model))
+            if state is None:
+                raise ModelNotFound(model)
+            return rollout_of(state)
+
+    def live_rollouts(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return sorted(key for key, state in self._models.items()
+                          if state.rollout and rollout_of(state).live)
+
+    def apply_rollout(self, owner: str, model: str, transition: Any) -> None:
+        check_tenant(owner)
+        check_model_name(model)
+        with self._lock:
+            now = iso(self._clock())
+            after = plan_rollout(self._models.get((owner, model)), transition, now)
+            candidate = transition.after.candidate
+            if transition.action == "start" and (owner, model, candidate) not in self._versions:
+                raise ModelNotFound(model, candidate)
+            self._models[(owner, model)] = after
+            self._append_audit(owner, f"{ACTION_ROLLOUT}_{transition.action}", transition.actor, model,
+                               transition.after.candidate, rollout_details(transition), now)
 
 
 class MemoryArtifactStore:

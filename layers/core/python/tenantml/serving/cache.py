@@ -2,7 +2,8 @@
 
 - `CachingRegistry`: registry resolutions (and "not found" answers) for a short TTL, keyed by
   (tenant, model, version-or-alias); a Registry itself, so it wraps any adapter or fake. An alias move or
-  a new registration is therefore seen by a warm environment within `registry_cache_ttl_seconds`.
+  a new registration is therefore seen by a warm environment within `registry_cache_ttl_seconds`, a
+  rollout's stage change or rollback within `rollout_cache_ttl_seconds` (5 s).
 - `PredictionCache`: finished outputs for identical inputs, keyed by (tenant, owner, model, version,
   sha256 of the canonical input); size 0 disables it.
 """
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cachetools import TTLCache
+from cachetools import TLRUCache, TTLCache
 
 from tenantml.errors import ModelNotFound
 from tenantml.registry import ModelSummary, ModelVersion, Registry
@@ -25,13 +26,21 @@ _NOT_FOUND = object()
 
 
 class CachingRegistry:
-    """A Registry that remembers answers for `ttl` seconds (0: no caching)."""
+    """A Registry that remembers answers for `ttl` seconds (0: no caching), and answers whose model has a
+    live rollout for `rollout_ttl` seconds (default: `ttl`): the bound on how late a warm environment
+    sees a rollout's next stage or its rollback."""
 
     def __init__(self, registry: Registry, *, ttl: float, maxsize: int = 4096,
-                 timer: Timer = time.monotonic) -> None:
+                 timer: Timer = time.monotonic, rollout_ttl: float | None = None) -> None:
         self._registry = registry
         self._enabled = ttl > 0
-        self._resolved: TTLCache[tuple[str, str, str], Any] = TTLCache(maxsize, ttl or 1, timer=timer)
+        short = ttl if rollout_ttl is None else min(rollout_ttl, ttl)
+
+        def expires(_key: Any, value: Any, now: float) -> float:
+            rollout = getattr(value, "rollout", None)
+            return now + (short if rollout is not None and rollout.live else ttl)
+
+        self._resolved: TLRUCache[tuple[str, str, str], Any] = TLRUCache(maxsize, ttu=expires, timer=timer)
         self._listed: TTLCache[str, list[ModelSummary]] = TTLCache(min(maxsize, 1024), ttl or 1, timer=timer)
         self._lock = threading.Lock()
 

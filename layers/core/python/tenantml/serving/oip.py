@@ -127,11 +127,12 @@ def _q(name: str) -> str:
     return name if len(name) <= _NAME_ECHO else name[:_NAME_ECHO] + "..."
 
 
-def _validation_message(exc: ValidationError) -> str:
+def validation_message(exc: ValidationError, what: str = "invalid request") -> str:
+    """A pydantic error as one stable line: `<what>: <location>: <message>` (the first error only)."""
     err = exc.errors(include_url=False, include_input=False)[0]
     loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
                   for i, p in enumerate(err["loc"]))
-    return f"invalid request: {loc or 'body'}: {err['msg']}"
+    return f"{what}: {loc or 'body'}: {err['msg']}"
 
 
 def body_size(body: str | bytes) -> int:
@@ -194,7 +195,7 @@ def parse_request(body: str | bytes | None, *, max_bytes: int,
     try:
         req = InferRequest.model_validate(obj)
     except ValidationError as exc:
-        raise BadRequest(_validation_message(exc)) from None
+        raise BadRequest(validation_message(exc)) from None
     binary: dict[str, bytes] = {}
     offset = 0
     for inp in req.inputs:

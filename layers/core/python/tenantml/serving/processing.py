@@ -4,12 +4,17 @@ share, so CPU and GPU cannot disagree on tokenization, pooling, heads or label m
 Pure functions over numpy arrays and already-created objects (a `tokenizers.Tokenizer`, anything with
 onnxruntime's `run(output_names, feeds)`); nothing here loads files, talks to AWS or imports onnxruntime.
 Output values are numpy arrays (numeric) or lists of str (BYTES), keyed by the manifest's output names.
+
+Text models also count, from the tokenization they already did, each text's tokens before truncation and
+its unknown tokens (`count_tokens`): derived features for drift monitoring, at the cost of two numpy
+reductions over the mask (plus a walk over the overflow of the rare truncated text).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -48,13 +53,23 @@ def configure_tokenizer(tokenizer: Any, max_length: int) -> Any:
     return tokenizer
 
 
+def tokenize(tokenizer: Any, texts: Sequence[str]) -> list[Any]:
+    """The tokenizer's encodings of a batch (`tokenizers.Encoding`: ids, mask, and the overflow of a text
+    longer than the truncation length)."""
+    if len(texts) == 1:  # one text: skip the batch machinery (thread pool hand-off)
+        return [tokenizer.encode(texts[0])]
+    return tokenizer.encode_batch_fast(list(texts))
+
+
 def encode_texts(tokenizer: Any, texts: Sequence[str],
                  input_names: Sequence[str] = TOKEN_INPUTS) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Tokenize a batch into the int64 feeds the graph declares (among TOKEN_INPUTS) and the mask [n, t]."""
-    if len(texts) == 1:  # one text: skip the batch machinery (thread pool hand-off)
-        encodings = [tokenizer.encode(texts[0])]
-    else:
-        encodings = tokenizer.encode_batch_fast(list(texts))
+    return token_feeds(tokenize(tokenizer, texts), input_names)
+
+
+def token_feeds(encodings: Sequence[Any], input_names: Sequence[str] = TOKEN_INPUTS,
+                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The int64 feeds the graph declares (among TOKEN_INPUTS) and the mask [n, t] of encodings."""
     mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
     feeds: dict[str, np.ndarray] = {}
     for name in input_names:
@@ -65,6 +80,59 @@ def encode_texts(tokenizer: Any, texts: Sequence[str],
         elif name == "token_type_ids":
             feeds[name] = np.array([e.type_ids for e in encodings], dtype=np.int64)
     return feeds, mask
+
+
+@dataclass(frozen=True)
+class TokenFacts:
+    """What counting a tokenizer's tokens needs, read once when the model loads (`token_facts`)."""
+
+    unk_id: int | None        # the unknown token's id; None: the tokenizer has none (byte-level BPE)
+    specials: int             # special tokens added to one text ([CLS] and [SEP]: 2)
+    max_length: int | None    # truncation length (special tokens included); None: no truncation
+    pad_id: int | None = None
+
+
+def token_facts(tokenizer: Any) -> TokenFacts:
+    unk = getattr(tokenizer.model, "unk_token", None)
+    unk_id = tokenizer.token_to_id(unk) if isinstance(unk, str) else None
+    post = tokenizer.post_processor
+    specials = int(post.num_special_tokens_to_add(False)) if post is not None else 0
+    trunc = tokenizer.truncation or {}
+    pad = tokenizer.padding or {}
+    return TokenFacts(unk_id=unk_id, specials=specials, max_length=trunc.get("max_length"),
+                      pad_id=pad.get("pad_id"))
+
+
+class TokenCounts(NamedTuple):
+    """Per text (int64 [n]): its tokens before truncation, special tokens and padding excluded, and how many
+    of them are the unknown token."""
+
+    tokens: np.ndarray
+    unknown: np.ndarray
+
+
+def count_tokens(encodings: Sequence[Any], ids: np.ndarray, mask: np.ndarray,
+                 facts: TokenFacts) -> TokenCounts:
+    """Token counts from a batch's tokenization (`tokenize`; `ids` and `mask` [n, t] its padded feeds): two
+    reductions over arrays the model builds anyway. A batch narrower than `max_length` truncated nothing;
+    else a text cut at `max_length` keeps the rest in its encoding's `overflowing` pieces (each again with
+    its special tokens and padding), and only those texts are walked in Python."""
+    real = np.add.reduce(mask, axis=1)
+    tokens = real - facts.specials
+    if facts.unk_id is None:
+        unknown = np.zeros(real.shape, dtype=np.int64)
+    elif facts.unk_id == facts.pad_id:   # padding would count as unknown
+        unknown = np.add.reduce((ids == facts.unk_id) & (mask != 0), axis=1, dtype=np.int64)
+    else:
+        unknown = np.add.reduce(ids == facts.unk_id, axis=1, dtype=np.int64)
+    if facts.max_length is not None and mask.shape[1] >= facts.max_length:
+        for i in np.flatnonzero(real >= facts.max_length).tolist():
+            for piece in encodings[i].overflowing:
+                m = np.asarray(piece.attention_mask, dtype=np.int64)
+                tokens[i] += max(int(m.sum()) - facts.specials, 0)
+                if facts.unk_id is not None:
+                    unknown[i] += int(np.count_nonzero((np.asarray(piece.ids) == facts.unk_id) & (m != 0)))
+    return TokenCounts(tokens, unknown)
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray, *, normalize: bool = True) -> np.ndarray:
@@ -94,6 +162,12 @@ def embed_texts(session: Session, tokenizer: Any, texts: Sequence[str], *, input
     memory stays bounded (attention alone is rows x heads x t^2 floats: ~200 MB for 64 texts of 256
     tokens) and less padding is computed. Rows come back in the caller's order."""
     feeds, mask = encode_texts(tokenizer, texts, input_names)
+    return embed_feeds(session, feeds, mask, output_name=output_name, max_tokens_per_run=max_tokens_per_run)
+
+
+def embed_feeds(session: Session, feeds: Mapping[str, np.ndarray], mask: np.ndarray, *, output_name: str,
+                max_tokens_per_run: int = MAX_TOKENS_PER_RUN) -> np.ndarray:
+    """`embed_texts` on an already tokenized batch (`encode_texts` / `token_feeds`)."""
     n, width = mask.shape
     if n * width <= max_tokens_per_run or n == 1:
         return _run_embedding(session, feeds, mask, output_name)

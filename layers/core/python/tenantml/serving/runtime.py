@@ -6,6 +6,13 @@ corrupt artifact raises ModelUnavailable (503) and is NOT cached, so a later fix
 is keyed by (owner tenant, model, version) and sized by artifact bytes (`model_cache_mb`). A classification
 head holds only its head.json arrays (kilobytes): its backbone is a separate cache entry, shared by every
 tenant's head, and is looked up per request so that eviction accounting stays honest.
+
+A text model (an encoder or a head) whose manifest lists baseline.json loads it too, verified like every
+artifact, for the text projection its capture needs (`tenantml.serving.capture.Projection`: the reference
+embeddings' mean and principal directions); a baseline without one, or one that does not fit the
+embedding, is logged and the model is served without the `embedding_pc*` columns (monitoring never
+makes a model unavailable, only a corrupt artifact does). Its predict leaves the request's token counts
+and embedding for the capture (`note_text`).
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ from tenantml.manifest import FileEntry, Manifest, verify_file
 from tenantml.observability import NAMESPACE, logger
 from tenantml.registry import ArtifactStore, ModelVersion
 from tenantml.serving import processing
+from tenantml.serving.capture import Projection, TextSignals, note_text, projection_from_baseline
 from tenantml.serving.heads import Head, load_head
 from tenantml.serving.oip import Tensor
 
 ModelKey = tuple[str, str, str]  # (owner tenant, model, version)
 MODEL_FILE = "model.onnx"
 HEAD_FILE = "head.json"
+BASELINE_FILE = "baseline.json"
 
 
 def session_options() -> ort.SessionOptions:
@@ -70,13 +79,25 @@ class EmbeddingModel:
     output: str
     dim: int | None
     nbytes: int
+    token_facts: processing.TokenFacts = processing.TokenFacts(unk_id=None, specials=0, max_length=None)
+    projection: Projection | None = None      # from baseline.json, for the capture's embedding_pc*
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return processing.embed_texts(self.session, self.tokenizer, texts, input_names=self.input_names,
                                       output_name=self.onnx_output)
 
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, processing.TokenCounts]:
+        """The embeddings and, from the same tokenization, the token counts of each text."""
+        encodings = processing.tokenize(self.tokenizer, texts)
+        feeds, mask = processing.token_feeds(encodings, self.input_names)
+        emb = processing.embed_feeds(self.session, feeds, mask, output_name=self.onnx_output)
+        return emb, processing.count_tokens(encodings, feeds["input_ids"], mask, self.token_facts)
+
     def predict(self, inputs: Mapping[str, Tensor]) -> processing.Outputs:
-        return {self.output: self.embed(inputs[self.text_input].data)}  # type: ignore[arg-type]
+        texts = inputs[self.text_input].data
+        emb, counts = self.encode(texts)  # type: ignore[arg-type]
+        note_text(TextSignals(texts, counts.tokens, counts.unknown, emb, self.projection))  # type: ignore[arg-type]
+        return {self.output: emb}
 
 
 @dataclass(frozen=True)
@@ -86,9 +107,13 @@ class HeadModel:
     head: Head
     text_input: str
     nbytes: int
+    projection: Projection | None = None      # of the backbone's embeddings, from this head's baseline.json
 
     def predict(self, inputs: Mapping[str, Tensor], backbone: EmbeddingModel) -> processing.Outputs:
-        return processing.head_outputs(self.head, backbone.embed(inputs[self.text_input].data))  # type: ignore[arg-type]
+        texts = inputs[self.text_input].data
+        emb, counts = backbone.encode(texts)  # type: ignore[arg-type]
+        note_text(TextSignals(texts, counts.tokens, counts.unknown, emb, self.projection))  # type: ignore[arg-type]
+        return processing.head_outputs(self.head, emb)
 
 
 @dataclass(frozen=True)
@@ -131,6 +156,26 @@ def _require_outputs(manifest: Manifest, produced: set[str]) -> None:
     missing = [s.name for s in manifest.outputs if s.name not in produced]
     if missing:
         raise _Misconfigured(f"model does not produce declared outputs {missing}")
+
+
+def _projection(manifest: Manifest, artifacts: Artifacts, dim: int | None) -> Projection | None:
+    """The text projection of the version's baseline.json, if it lists one that fits embeddings of `dim`.
+    A corrupt baseline.json (sha256) raises like any artifact; one without a usable projection is logged."""
+    if BASELINE_FILE not in manifest.files:
+        return None
+    data = artifacts.read(BASELINE_FILE)
+    try:
+        projection = projection_from_baseline(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("baseline.json has no usable text projection; capture without embedding_pc*",
+                       extra={"model_name": manifest.name, "error": f"{type(exc).__name__}: {exc}"[:200]})
+        return None
+    if projection is not None and dim is not None and projection.dim != dim:
+        logger.warning("the baseline's text projection does not fit the embedding; capture without "
+                       "embedding_pc*", extra={"model_name": manifest.name, "projection_dim": projection.dim,
+                                               "embedding_dim": dim})
+        return None
+    return projection
 
 
 class _VerifyingWriter:
@@ -238,10 +283,12 @@ class Loader:
         if len(manifest.outputs) != 1:
             raise _Misconfigured("an embedding model declares exactly one output")
         dim = onnx_out.shape[-1] if isinstance(onnx_out.shape[-1], int) else None
+        projection = _projection(manifest, artifacts, dim)
         return EmbeddingModel(session=session, tokenizer=tokenizer, input_names=feeds,
                               onnx_output=onnx_out.name, text_input=_text_input(manifest),
                               output=manifest.outputs[0].name, dim=dim,
-                              nbytes=model_size + len(tok_bytes))
+                              nbytes=model_size + len(tok_bytes) + (projection.nbytes if projection else 0),
+                              token_facts=processing.token_facts(tokenizer), projection=projection)
 
     def _head(self, manifest: Manifest, artifacts: Artifacts) -> HeadModel:
         if manifest.backbone is None:
@@ -253,7 +300,9 @@ class Loader:
             raise _Misconfigured(exc.detail or exc.public_message) from None
         produced = {o.name for o in head.outputs} | {o.name + processing.PROBS_SUFFIX for o in head.outputs}
         _require_outputs(manifest, produced)
-        return HeadModel(head=head, text_input=_text_input(manifest), nbytes=len(data))
+        projection = _projection(manifest, artifacts, head.embedding_dim)
+        return HeadModel(head=head, text_input=_text_input(manifest),
+                         nbytes=len(data) + (projection.nbytes if projection else 0), projection=projection)
 
     def _tabular(self, manifest: Manifest, artifacts: Artifacts) -> TabularModel:
         if len(manifest.labels) != 1 or len(manifest.inputs) != 1:

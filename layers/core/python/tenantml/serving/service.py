@@ -10,25 +10,33 @@ models), the prediction cache, and the seam for models served by the GPU endpoin
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from aws_lambda_powertools.metrics import MetricUnit
+import numpy as np
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from tenantml import SHARED_TENANT, __version__
 from tenantml.errors import BadRequest, ModelNotFound, ModelUnavailable, TenantMLError
 from tenantml.manifest import NAME_RE, TENANT_RE, VERSION_RE
-from tenantml.observability import logger, metrics
+from tenantml.monitoring.cost import note_inference
+from tenantml.observability import NAMESPACE, logger, metrics
 from tenantml.registry import ArtifactStore, ModelSummary, ModelVersion, Registry
 from tenantml.serving import oip
 from tenantml.serving.cache import CachingRegistry, PredictionCache
 from tenantml.serving.capture import CaptureSink, capture_columns
 from tenantml.serving.runtime import EmbeddingModel, HeadModel, LoadedModel, ModelRuntime
-from tenantml.settings import AwsSettings, ServingSettings
+from tenantml.settings import AwsSettings, ServingSettings, SignalSettings
+
+if TYPE_CHECKING:
+    from tenantml.rollout.signals import SignalRecorder
 
 SERVER_NAME = "tenantml"
 
@@ -74,10 +82,19 @@ class GpuNotConfigured:
 class InferenceService:
     def __init__(self, *, registry: Registry, store: ArtifactStore, settings: ServingSettings,
                  runtime: ModelRuntime | None = None, gpu: GpuBackend | None = None,
-                 timer: Any = time.monotonic, capture: CaptureSink | None = None) -> None:
+                 timer: Any = time.monotonic, capture: CaptureSink | None = None,
+                 put_object: Callable[[str, bytes], None] | None = None,
+                 signals: SignalRecorder | None = None) -> None:
+        """`put_object(key, data)` writes to the artifact bucket (ground-truth feedback); `signals` records
+        what each version of a live rollout did (tenantml.rollout.signals)."""
         self.settings = settings
         self.capture = capture
-        self.registry = CachingRegistry(registry, ttl=settings.registry_cache_ttl_seconds, timer=timer)
+        self.signals = signals
+        self._put_object = put_object
+        self._shadow_pool: ThreadPoolExecutor | None = None
+        self._shadow_pending: list[Future[None]] = []
+        self.registry = CachingRegistry(registry, ttl=settings.registry_cache_ttl_seconds, timer=timer,
+                                        rollout_ttl=settings.rollout_cache_ttl_seconds)
         self.runtime = runtime or ModelRuntime(store, budget_bytes=settings.model_cache_mb * 1024 * 1024)
         self.predictions = PredictionCache(size=settings.prediction_cache_size,
                                            ttl=settings.prediction_cache_ttl_seconds, timer=timer)
@@ -134,8 +151,9 @@ class InferenceService:
     # --- inference -------------------------------------------------------------------------------
 
     def infer(self, tenant: str, model: str, version: str | None, body: str | bytes | None, *,
-              json_length: int | None = None, request_id: str | None = None) -> Reply:
-        """`json_length`: the Inference-Header-Content-Length header (binary tensor data extension)."""
+              json_length: int | None = None, request_id: str | None = None, subject: str = "") -> Reply:
+        """`json_length`: the Inference-Header-Content-Length header (binary tensor data extension);
+        `subject`: the caller within the tenant (the token's `sub`), what a rollout routes by."""
         t0 = time.perf_counter()
         parsed = oip.parse_request(body, max_bytes=self.settings.max_body_bytes, json_length=json_length)
         request = parsed.request
@@ -143,10 +161,16 @@ class InferenceService:
             raise BadRequest(f"model_name in the body ('{request.model_name[:64]}') does not match the "
                              f"model in the path ('{model}')")
         mv = self.resolve(tenant, model, version)
+        routed, shadow = (self._route(tenant, model, subject, mv)
+                          if version is None and mv.rollout is not None and mv.rollout.live else (None, None))
+        mv = routed or mv
+        t_served = time.perf_counter()      # a version's latency: from here (lookups are the platform's)
         self._bind(mv)
         manifest = mv.manifest
         if manifest.backend == "gpu":
-            return self.gpu.submit(tenant, mv, request)
+            reply = self.gpu.submit(tenant, mv, request)
+            note_inference(mv.model, mv.version, request.inputs[0].shape[0])    # the submit's own cost
+            return reply
         tensors = oip.decode_inputs(request, manifest.inputs, max_batch=self.settings.max_batch,
                                     binary=parsed.binary)
         selected = oip.requested_outputs(request, manifest.outputs)
@@ -158,19 +182,126 @@ class InferenceService:
             key = self.predictions.key(tenant, mv, oip.input_digest(tensors))
             outputs = self.predictions.get(key)
         hit = outputs is not None
+        loading_s = 0.0
         if outputs is None:
-            values = self._predict(mv, tensors)
+            try:
+                if routed is not None:      # a model's first load is not the version's serving latency
+                    t_load = time.perf_counter()
+                    self._load(mv)
+                    loading_s = time.perf_counter() - t_load
+                values = self._predict(mv, tensors)
+            except Exception:
+                if routed is not None:
+                    self._signal(mv, (time.perf_counter() - t_served) * 1000, error=True)
+                raise
             outputs = [oip.encode_output(s.name, s.datatype, values[s.name]) for s in manifest.outputs]
             if self.predictions.enabled:
                 self.predictions.put(key, outputs)
-        body_out, header_length = oip.infer_response_parts(model, mv.version, request.id, outputs, selected,
-                                                           binary)
+        # The response's id is the client's, else the one the platform assigned (the API Gateway request id):
+        # what ground-truth feedback names the prediction by.
+        rid = request.id or request_id
+        body_out, header_length = oip.infer_response_parts(model, mv.version, rid, outputs, selected, binary)
+        served_ms = (time.perf_counter() - t_served - loading_s) * 1000   # before capture's occasional write
         self._record(mv, rows, hit if self.predictions.enabled else None, t0)
-        self._capture(tenant, mv, request_id or request.id or "", tensors, outputs)
+        self._capture(tenant, mv, rid or "", tensors, outputs)
+        if routed is not None:
+            self._signal(mv, served_ms)
+        if shadow is not None:
+            self._run_shadow(tenant, mv, shadow, rid or "", tensors, outputs)
         if header_length is None:
             return Reply(body_out)
         return Reply(body_out, headers={oip.HEADER_LENGTH: str(header_length)},
                      content_type="application/octet-stream")
+
+    # --- rollouts --------------------------------------------------------------------------------
+
+    def _route(self, tenant: str, model: str, subject: str, production: ModelVersion,
+               ) -> tuple[ModelVersion | None, ModelVersion | None]:
+        """(the version that answers, the version to shadow) under the model's live rollout: a consistent
+        hash of (model, tenant, subject) against the stage's weight (tenantml.rollout.machine.route).
+        Resolutions are cached like any other, so routing adds no registry call per request."""
+        from tenantml.rollout.machine import route  # noqa: PLC0415 - only models with a live rollout
+
+        chosen, shadow = route(production.rollout, tenant, subject)
+        if chosen is None:
+            return None, None
+        answer = production if chosen == production.version else self.resolve(tenant, model, chosen)
+        return answer, (self.resolve(tenant, model, shadow) if shadow else None)
+
+    def _signal(self, mv: ModelVersion, latency_ms: float, *, error: bool = False) -> None:
+        """What a routed request did, for the rollout controller (signal table) and the candidate's alarms
+        (EMF metrics with dimensions rollout and version: never the tenant). Never fails a request. The
+        latency is decoding the inputs, predicting and encoding the answer; it leaves out the registry
+        lookups, loading the model into a cold environment (ModelLoadTime counts that) and capture's
+        occasional frame write: a candidate is judged on serving, not on being new in every environment
+        it reaches."""
+        rollout = mv.rollout
+        if self.signals is None or rollout is None:
+            return
+        try:
+            self.signals.request(rollout.id, mv.version, latency_ms, error=error)
+            emf = EphemeralMetrics(namespace=NAMESPACE)
+            emf.add_dimension(name="rollout", value=rollout.id)
+            emf.add_dimension(name="version", value=mv.version)
+            emf.add_metric(name="RolloutRequests", unit=MetricUnit.Count, value=1)
+            emf.add_metric(name="RolloutErrors", unit=MetricUnit.Count, value=int(error))
+            if not error:
+                emf.add_metric(name="RolloutLatency", unit=MetricUnit.Milliseconds,
+                               value=round(latency_ms, 3))
+            emf.flush_metrics()
+            self.signals.flush_due()
+        except Exception as exc:  # noqa: BLE001 - signals never fail a prediction: logged and counted
+            signals_failed(exc, 1)
+
+    def _run_shadow(self, tenant: str, stable: ModelVersion, candidate: ModelVersion, request_id: str,
+                    tensors: Mapping[str, oip.Tensor], answered: Any) -> None:
+        """Shadow mode: the candidate runs on the same input on a background thread, after the answer is
+        ready (the response never waits for it); its outputs are captured under its own version and
+        whether its first output agrees with stable's is counted. In Lambda the thread runs while the
+        environment is thawed: work left when a response returns finishes during the next invocation."""
+        if self._shadow_pool is None:
+            self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+
+        def run() -> None:
+            try:
+                values = self._predict(candidate, tensors)
+                outputs = [oip.encode_output(s.name, s.datatype, values[s.name])
+                           for s in candidate.manifest.outputs]
+                agreed = _agree(answered[0].value, outputs[0].value)
+                if self.signals is not None and candidate.rollout is not None:
+                    self.signals.shadow(candidate.rollout.id, candidate.version, agreed=agreed)
+                self._capture(tenant, candidate, request_id, tensors, outputs)
+            except Exception as exc:  # noqa: BLE001 - the shadow never affects the answer: logged, counted
+                logger.warning("shadow prediction failed", extra={"error": type(exc).__name__,
+                                                                  "version": candidate.version})
+                if self.signals is not None and candidate.rollout is not None:
+                    self.signals.request(candidate.rollout.id, candidate.version, 0.0, error=True)
+        self._shadow_pending = [f for f in self._shadow_pending if not f.done()]
+        self._shadow_pending.append(self._shadow_pool.submit(run))
+
+    def wait_for_shadows(self, timeout: float | None = None) -> None:
+        """Block until the shadow predictions submitted so far are done (tests, local mode)."""
+        for future in list(self._shadow_pending):
+            future.result(timeout=timeout)
+
+    def feedback(self, tenant: str, model: str, body: str | bytes | None) -> Reply:
+        """Ground truth for earlier predictions of `model` (tenantml.monitoring.feedback), stored under the
+        caller's tenant. A failed write is a 503 (the client retries; nothing is stored half)."""
+        from tenantml.monitoring.feedback import encode_batch, feedback_key, parse_batch  # noqa: PLC0415
+
+        mv = self.resolve(tenant, model)
+        batch = parse_batch(oip.parse_json_strict(body, max_bytes=self.settings.max_body_bytes))
+        if self._put_object is None:
+            raise ModelUnavailable(retry_after=60, detail="feedback store not configured")
+        now = datetime.now(UTC)
+        try:
+            self._put_object(feedback_key(tenant, mv.model, now), encode_batch(tenant, mv.model, batch, now))
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as retryable, logged with detail
+            logger.warning("feedback write failed", extra={"error": type(exc).__name__})
+            raise ModelUnavailable("feedback could not be stored", retry_after=5,
+                                   detail=f"feedback write: {type(exc).__name__}") from None
+        return Reply(json.dumps({"model": model, "accepted": len(batch.feedback)}, separators=(",", ":")),
+                     status=202)
 
     def _capture(self, tenant: str, mv: ModelVersion, request_id: str, tensors: Mapping[str, oip.Tensor],
                  outputs: Any) -> None:
@@ -180,8 +311,13 @@ class InferenceService:
             return
         rate = self.settings.capture_rate if mv.manifest.capture_rate is None else mv.manifest.capture_rate
         try:
-            if self.capture.sampled(rate):
-                columns = capture_columns(mv.manifest, tensors, {o.name: o.value for o in outputs})
+            sampled = self.capture.sampled(rate)
+            # A text model's derived features come from its prediction, or from a memo scoped like the
+            # prediction cache when that cache answered the request.
+            scope = (tenant, mv.owner, mv.model, mv.version) if self.predictions.enabled else None
+            text = self.capture.derived_text(mv.manifest, tensors, sampled=sampled, memo_scope=scope)
+            if sampled:
+                columns = capture_columns(mv.manifest, tensors, {o.name: o.value for o in outputs}, text)
                 if columns is not None:
                     self.capture.add(tenant, mv.model, mv.version, request_id, *columns)
             self.capture.flush_due()
@@ -191,7 +327,9 @@ class InferenceService:
     @staticmethod
     def _record(mv: ModelVersion, rows: int, cache_hit: bool | None, t0: float) -> None:
         """Request metrics, flushed by the handler. Dimensions: model and version only (never the tenant:
-        unbounded cardinality, and not something a metric should reveal)."""
+        unbounded cardinality, and not something a metric should reveal). The rows also go to the cost
+        record the handler logs (tenantml.monitoring.cost: tenant, model and version as log fields)."""
+        note_inference(mv.model, mv.version, rows)
         metrics.add_dimension(name="model", value=mv.model)
         metrics.add_dimension(name="version", value=mv.version)
         metrics.add_metric(name="Rows", unit=MetricUnit.Count, value=rows)
@@ -324,6 +462,22 @@ class _LazyStore:
         self._get().put(owner, model, version, name, data)
 
 
+def _agree(stable: Any, candidate: Any) -> bool:
+    """Do two first outputs agree: equal labels, or numbers within 1e-3 relative (an embedding, a score)."""
+    a, b = np.asarray(stable), np.asarray(candidate)
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        return bool(np.allclose(a, b, rtol=1e-3, atol=1e-6))
+    return bool(np.array_equal(a, b))
+
+
+def signals_failed(exc: Exception, requests: int) -> None:
+    logger.warning("rollout signals not recorded; the prediction is not affected",
+                   extra={"error": type(exc).__name__, "requests": requests})
+    metrics.add_metric(name="SignalFailures", unit=MetricUnit.Count, value=1)
+
+
 def capture_failed(exc: Exception, rows: int) -> None:
     logger.warning("capture failed; the rows are dropped, the prediction is not affected",
                    extra={"error": type(exc).__name__, "rows": rows})
@@ -331,7 +485,7 @@ def capture_failed(exc: Exception, rows: int) -> None:
 
 
 class _LazyCaptureWriter:
-    """Writes capture frames to the artifact bucket with a botocore client made on first use."""
+    """Writes capture frames and feedback to the artifact bucket with a botocore client made on first use."""
 
     def __init__(self, bucket: str, aws: AwsSettings) -> None:
         self._bucket, self._aws = bucket, aws
@@ -347,20 +501,48 @@ class _LazyCaptureWriter:
         self._s3.put_object(Bucket=self._bucket, Key=key, Body=data)
 
 
+class _LazySignalSink:
+    """tenantml.rollout.signals.DynamoSignals with a botocore client made on first write."""
+
+    def __init__(self, table: str, aws: AwsSettings) -> None:
+        self._table, self._aws = table, aws
+        self._impl: Any = None
+
+    def add(self, rollout_id: str, version: str, at_minute: str, numbers: Mapping[str, int]) -> None:
+        if self._impl is None:
+            with _ADAPTER_LOCK:
+                if self._impl is None:
+                    from tenantml.aws import botocore_client  # noqa: PLC0415 - deliberate lazy imports
+                    from tenantml.rollout.signals import DynamoSignals  # noqa: PLC0415
+
+                    self._impl = DynamoSignals(botocore_client("dynamodb", self._aws), self._table)
+        self._impl.add(rollout_id, version, at_minute, numbers)
+
+
+def _signal_recorder(settings: SignalSettings, aws: AwsSettings) -> SignalRecorder:
+    from tenantml.rollout.signals import SignalRecorder  # noqa: PLC0415 - pulls the histogram code
+
+    return SignalRecorder(_LazySignalSink(settings.signals_table, aws),
+                          flush_seconds=settings.signals_flush_seconds, on_failure=signals_failed)
+
+
 def preload_entries(settings: ServingSettings) -> list[str]:
     return [e.strip() for e in settings.preload_models.split(",") if e.strip()]
 
 
 def build_service(settings: ServingSettings, aws: AwsSettings, *, registry: Registry | None = None,
-                  store: ArtifactStore | None = None, gpu: GpuBackend | None = None) -> InferenceService:
+                  store: ArtifactStore | None = None, gpu: GpuBackend | None = None,
+                  signals: SignalSettings | None = None) -> InferenceService:
     """The service from settings: AWS adapters created lazily, `preload_models` loaded now (init: what
     SnapStart snapshots, so it must finish before init ends)."""
-    capture = CaptureSink(_LazyCaptureWriter(settings.artifact_bucket, aws),
-                          max_rows=settings.capture_max_rows, max_age_s=settings.capture_max_seconds,
-                          on_failure=capture_failed)
+    writer = _LazyCaptureWriter(settings.artifact_bucket, aws)
+    capture = CaptureSink(writer, max_rows=settings.capture_max_rows, max_age_s=settings.capture_max_seconds,
+                          on_failure=capture_failed, text_memo_size=settings.prediction_cache_size,
+                          text_memo_ttl_s=settings.prediction_cache_ttl_seconds)
     service = InferenceService(registry=registry or _LazyRegistry(settings.registry_table, aws),
                                store=store or _LazyStore(settings.artifact_bucket, aws),
-                               settings=settings, gpu=gpu, capture=capture)
+                               settings=settings, gpu=gpu, capture=capture, put_object=writer,
+                               signals=_signal_recorder(signals, aws) if signals is not None else None)
     entries = preload_entries(settings)
     if entries:
         service.preload(entries)
