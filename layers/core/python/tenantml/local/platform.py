@@ -121,6 +121,12 @@ class Platform:
                           for name, env in self.env.items()},
         }
 
+    def stop_log_shipping(self) -> None:
+        """Stop copying function log lines to the emulator (the benchmark: on Lambda the function's own
+        process ships nothing, and the shipping thread would compete for the 2 cores)."""
+        _stop_logs(self.logs, self._log_handler)
+        self.logs, self._log_handler = None, None
+
     def stop(self) -> None:
         if self._stopped:
             return
