@@ -75,3 +75,32 @@ def test_a_windows_accuracy_is_written_once_however_often_the_job_runs(table):
     assert got.labelled == 150 and got.accuracy == pytest.approx(121 / 150)
     summary = table.summary(r, "2", T0)
     assert summary["labelled"] == 150 and "acme" not in str(summary)
+
+
+def test_each_flush_publishes_one_metric_document_per_version_without_the_tenant(table, capsys):
+    import json
+
+    from tenantml.serving.service import publish_rollout_metrics
+
+    r = rollout()
+    rec = SignalRecorder(table, clock=lambda: T0.timestamp(), publish=publish_rollout_metrics)
+    for i in range(150):
+        rec.request(r.id, "2" if i % 3 else "1", 2.0 + i / 100, error=i == 7)
+    capsys.readouterr()
+    rec.flush()
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+
+    def total(version: str, metric: str) -> float:
+        return sum(sum(d.get(metric, [])) if isinstance(d.get(metric), list) else d.get(metric, 0)
+                   for d in docs if d["version"] == version)
+
+    def values(version: str, metric: str) -> int:
+        return sum(len(d[metric]) if isinstance(d.get(metric), list) else int(metric in d)
+                   for d in docs if d["version"] == version)
+    assert {d["version"] for d in docs} == {"1", "2"} and all(d["rollout"] == r.id for d in docs)
+    assert (total("2", "RolloutRequests"), total("2", "RolloutErrors")) == (100, 1)
+    assert (total("1", "RolloutRequests"), total("1", "RolloutErrors")) == (50, 0)
+    assert (values("2", "RolloutLatency"), values("1", "RolloutLatency")) == (99, 50)     # one per answer
+    assert all("tenant" not in d and "acme" not in json.dumps(d) for d in docs)
+    dimensions = {tuple(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]) for d in docs}
+    assert dimensions == {("rollout", "version")}

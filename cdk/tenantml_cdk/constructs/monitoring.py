@@ -88,20 +88,15 @@ class ServingMonitoring(Construct):
         key = kms.Key(self, "AlarmTopicKey", enable_key_rotation=True, pending_window=Duration.days(7),
                       removal_policy=RemovalPolicy.DESTROY,
                       description="tenantml alarm topic encryption (CloudWatch alarms publish with it)")
-        key.add_to_resource_policy(iam.PolicyStatement(
-            sid="AllowCloudWatchAlarmsToPublish",
-            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
-            actions=["kms:Decrypt", "kms:GenerateDataKey*"],
-            resources=["*"],  # in a key policy "*" is this key
-            conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
-        ))
-        key.add_to_resource_policy(iam.PolicyStatement(
-            sid="AllowEventBridgeToPublish",
-            principals=[iam.ServicePrincipal("events.amazonaws.com")],
-            actions=["kms:Decrypt", "kms:GenerateDataKey*"],
-            resources=["*"],  # in a key policy "*" is this key
-            conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
-        ))
+        # Who publishes to the topic: CloudWatch alarms, and EventBridge rules (alerting platform events).
+        for sid, service in (("AllowCloudWatchAlarmsToPublish", "cloudwatch.amazonaws.com"),
+                             ("AllowEventBridgeToPublish", "events.amazonaws.com")):
+            key.add_to_resource_policy(iam.PolicyStatement(
+                sid=sid, principals=[iam.ServicePrincipal(service)],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],  # in a key policy "*" is this key
+                conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
+            ))
         self.topic = sns.Topic(self, "AlarmTopic", display_name="tenantml alarms", master_key=key,
                                enforce_ssl=True)
         if alarm_email:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 TEXTS = [
     "Login page returns 500 after password reset",
@@ -137,16 +138,19 @@ def torch_baseline() -> Callable[[list[str]], object] | None:
     return run
 
 
-def infer_event(texts: list[str], tenant: str = "acme") -> dict:
+ROUTED = "bench-routed"        # a copy of MODEL with a live A/B rollout between two identical versions
+
+
+def infer_event(texts: list[str], tenant: str = "acme", model: str = MODEL) -> dict:
     body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
                                    "data": texts}]})
-    path = f"/v2/models/{MODEL}/infer"
+    path = f"/v2/models/{model}/infer"
     return {
         "resource": "/v2/models/{model}/infer", "path": path, "httpMethod": "POST",
         "headers": {"Content-Type": "application/json"},
         "multiValueHeaders": {"Content-Type": ["application/json"]},
         "queryStringParameters": None, "multiValueQueryStringParameters": None,
-        "pathParameters": {"model": MODEL}, "stageVariables": None,
+        "pathParameters": {"model": model}, "stageVariables": None,
         "requestContext": {"resourcePath": "/v2/models/{model}/infer", "httpMethod": "POST", "stage": "v1",
                            "path": "/v1" + path, "requestId": "bench", "accountId": "123456789012",
                            "apiId": "bench", "identity": {"sourceIp": "127.0.0.1"},
@@ -256,6 +260,7 @@ def bench_command(args: argparse.Namespace) -> int:
                 row["torch"] = timed["torch"]
                 row["torch_over_handler_p50"] = timed["torch"]["p50_ms"] / h["p50_ms"]
             results[f"batch_{size}"] = row
+        results["routing"] = _routing_overhead(platform, mod, ctx, args.iterations)
     finally:
         if patch is not None:
             patch.restore()
@@ -264,6 +269,37 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _routing_overhead(platform: Any, mod: Any, ctx: Any, iterations: int) -> dict[str, Any]:
+    """p50 of the handler at batch 1 on a model with a live rollout (routing by the caller's hash, the
+    per-version signals and their EMF line) against the same graph without one, calls alternating."""
+    from tenantml.local.state import platform_target
+    from tenantml.registry.cli import register_folder
+    from tenantml.registry.dynamo import DynamoRegistry
+    from tenantml.registry.s3 import S3ArtifactStore
+    from tenantml.rollout.service import RolloutService, StartRollout
+    from tenantml.settings import get_aws_settings, get_registry_settings
+
+    with platform_target("registry", needs="TENANTML_REGISTRY_TABLE"):
+        aws, settings = get_aws_settings(), get_registry_settings()
+        registry = DynamoRegistry(settings.registry_table, aws)
+        store = S3ArtifactStore(settings.artifact_bucket, aws)
+        folder = Path(platform.models_dir) / MODEL
+        register_folder(folder, "_shared", registry, store, model=ROUTED, version="1")
+        register_folder(folder, "_shared", registry, store, model=ROUTED, version="2", aliases=())
+        RolloutService(registry).start("_shared", ROUTED, StartRollout(candidate="2", mode="ab"), "bench")
+
+    def call(model: str) -> Callable[[int], object]:
+        def run(i: int) -> object:
+            resp = mod.handler(infer_event(_batch(i, 1), model=model), ctx)
+            assert resp["statusCode"] == 200, resp
+            return resp
+        return run
+
+    with _quiet_stdout():
+        timed = _timeit({"plain": call(MODEL), "routed": call(ROUTED)}, iterations * 2, block=1)
+    return {**timed, "overhead_p50": timed["routed"]["p50_ms"] / timed["plain"]["p50_ms"] - 1}
 
 
 def _print(res: dict) -> None:
@@ -284,3 +320,8 @@ def _print(res: dict) -> None:
             line += (f" | torch p50 {row['torch']['p50_ms']:.2f} ms "
                      f"({row['torch_over_handler_p50']:.1f}x slower)")
         print(line)
+    if "routing" in res:
+        ro = res["routing"]
+        print(f"rollout routing (batch 1, live A/B rollout vs none, same graph): p50 "
+              f"{ro['plain']['p50_ms']:.2f} -> {ro['routed']['p50_ms']:.2f} ms "
+              f"({100 * ro['overhead_p50']:+.1f}%)")

@@ -27,6 +27,7 @@ prediction. The controller reads a version's items since its stage started with 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import threading
 import time
@@ -35,10 +36,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tenantml.rollout.analysis import LatencyHistogram, bucket_of
+from tenantml.rollout.analysis import LATENCY_EDGES, LatencyHistogram
 from tenantml.rollout.machine import Rollout, VersionSignals
 
 TTL = timedelta(days=14)
+_EDGES = LATENCY_EDGES.tolist()        # bisect on a list: ~1 us a request, where numpy takes ~16 us
+MAX_LATENCIES = 1000                   # latency values kept per (rollout, version) between two publishes
 COUNTERS = ("requests", "errors", "shadow_compared", "shadow_agreed", "labelled", "correct")
 
 
@@ -142,11 +145,17 @@ class DynamoSignals:
 
 class SignalRecorder:
     """The inference function's side: counts in memory, written every `flush_seconds`. `sink` is
-    DynamoSignals (or anything with its `add`); `on_failure(exc, keys)` is told about a failed write."""
+    DynamoSignals (or anything with its `add`); `on_failure(exc, keys)` is told about a failed write;
+    `publish(rollout_id, version, requests, errors, latencies_ms)` is called once per (rollout, version) at
+    each flush (the inference function turns it into one EMF document for the candidate's alarms, instead
+    of one per request; at most MAX_LATENCIES latency values are kept between two flushes)."""
 
     def __init__(self, sink: Any, *, flush_seconds: float = 10.0, clock: Callable[[], float] = time.time,
-                 on_failure: Callable[[Exception, int], None] | None = None) -> None:
+                 on_failure: Callable[[Exception, int], None] | None = None,
+                 publish: Callable[[str, str, int, int, list[float]], None] | None = None) -> None:
         self._sink = sink
+        self._publish = publish
+        self._latencies: dict[tuple[str, str], list[float]] = {}
         self.flush_seconds = flush_seconds
         self.clock = clock              # epoch seconds (tests move it)
         self._on_failure = on_failure
@@ -168,7 +177,10 @@ class SignalRecorder:
             if error:
                 c.add("errors")
             else:
-                c.add(f"h{bucket_of(max(latency_ms, 0.0))}")
+                c.add(f"h{bisect.bisect_right(_EDGES, max(latency_ms, 0.0))}")
+                kept = self._latencies.setdefault((rollout_id, version), [])
+                if len(kept) < MAX_LATENCIES:
+                    kept.append(latency_ms)
 
     def shadow(self, rollout_id: str, version: str, *, agreed: bool) -> None:
         with self._lock:
@@ -181,7 +193,9 @@ class SignalRecorder:
         """Write everything pending; returns the items written. A failed item is reported and dropped."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            latencies, self._latencies = self._latencies, {}
             self._last_flush = self.clock()
+        self._emit(pending, latencies)
         written = 0
         for (rollout_id, version, at), counts in pending.items():
             try:
@@ -191,6 +205,24 @@ class SignalRecorder:
                 if self._on_failure is not None:
                     self._on_failure(exc, counts.numbers.get("requests", 0))
         return written
+
+    def _emit(self, pending: Mapping[tuple[str, str, str], _Counts],
+              latencies: Mapping[tuple[str, str], list[float]]) -> None:
+        if self._publish is None:
+            return
+        totals: dict[tuple[str, str], list[int]] = {}
+        for (rollout_id, version, _), counts in pending.items():
+            t = totals.setdefault((rollout_id, version), [0, 0])
+            t[0] += counts.numbers.get("requests", 0)
+            t[1] += counts.numbers.get("errors", 0)
+        for (rollout_id, version), (requests, errors) in totals.items():
+            if requests:
+                try:
+                    self._publish(rollout_id, version, requests, errors,
+                                  latencies.get((rollout_id, version), []))
+                except Exception as exc:  # noqa: BLE001 - metrics never fail a prediction: reported
+                    if self._on_failure is not None:
+                        self._on_failure(exc, requests)
 
     def flush_due(self) -> int:
         if not self._pending or self.clock() - self._last_flush < self.flush_seconds:

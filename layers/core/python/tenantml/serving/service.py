@@ -230,7 +230,8 @@ class InferenceService:
 
     def _signal(self, mv: ModelVersion, latency_ms: float, *, error: bool = False) -> None:
         """What a routed request did, for the rollout controller (signal table) and the candidate's alarms
-        (EMF metrics with dimensions rollout and version: never the tenant). Never fails a request. The
+        (EMF metrics with dimensions rollout and version, never the tenant, written with the signals:
+        publish_rollout_metrics). Never fails a request. The
         latency is decoding the inputs, predicting and encoding the answer; it leaves out the registry
         lookups, loading the model into a cold environment (ModelLoadTime counts that) and capture's
         occasional frame write: a candidate is judged on serving, not on being new in every environment
@@ -240,15 +241,6 @@ class InferenceService:
             return
         try:
             self.signals.request(rollout.id, mv.version, latency_ms, error=error)
-            emf = EphemeralMetrics(namespace=NAMESPACE)
-            emf.add_dimension(name="rollout", value=rollout.id)
-            emf.add_dimension(name="version", value=mv.version)
-            emf.add_metric(name="RolloutRequests", unit=MetricUnit.Count, value=1)
-            emf.add_metric(name="RolloutErrors", unit=MetricUnit.Count, value=int(error))
-            if not error:
-                emf.add_metric(name="RolloutLatency", unit=MetricUnit.Milliseconds,
-                               value=round(latency_ms, 3))
-            emf.flush_metrics()
             self.signals.flush_due()
         except Exception as exc:  # noqa: BLE001 - signals never fail a prediction: logged and counted
             signals_failed(exc, 1)
@@ -472,6 +464,20 @@ def _agree(stable: Any, candidate: Any) -> bool:
     return bool(np.array_equal(a, b))
 
 
+def publish_rollout_metrics(rollout_id: str, version: str, requests: int, errors: int,
+                            latencies_ms: list[float]) -> None:
+    """One EMF document per (rollout, version) and signal flush: what the candidate's CloudWatch alarms
+    read (tenantml.rollout.alarms). Dimensions: the opaque rollout id and the version, never the tenant."""
+    emf = EphemeralMetrics(namespace=NAMESPACE)
+    emf.add_dimension(name="rollout", value=rollout_id)
+    emf.add_dimension(name="version", value=version)
+    emf.add_metric(name="RolloutRequests", unit=MetricUnit.Count, value=requests)
+    emf.add_metric(name="RolloutErrors", unit=MetricUnit.Count, value=errors)
+    for ms in latencies_ms:             # Powertools writes a document per 100 values of one metric
+        emf.add_metric(name="RolloutLatency", unit=MetricUnit.Milliseconds, value=round(ms, 3))
+    emf.flush_metrics()
+
+
 def signals_failed(exc: Exception, requests: int) -> None:
     logger.warning("rollout signals not recorded; the prediction is not affected",
                    extra={"error": type(exc).__name__, "requests": requests})
@@ -523,7 +529,8 @@ def _signal_recorder(settings: SignalSettings, aws: AwsSettings) -> SignalRecord
     from tenantml.rollout.signals import SignalRecorder  # noqa: PLC0415 - pulls the histogram code
 
     return SignalRecorder(_LazySignalSink(settings.signals_table, aws),
-                          flush_seconds=settings.signals_flush_seconds, on_failure=signals_failed)
+                          flush_seconds=settings.signals_flush_seconds, on_failure=signals_failed,
+                          publish=publish_rollout_metrics)
 
 
 def preload_entries(settings: ServingSettings) -> list[str]:
