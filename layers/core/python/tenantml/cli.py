@@ -18,6 +18,18 @@ def _lazy(target: str):
     return run
 
 
+def _reference_arguments(p: argparse.ArgumentParser, *, required: bool) -> None:
+    what = "" if required else "compute baseline.json from it first (see `models baseline`); "
+    p.add_argument("--reference", required=required, metavar="FILE.csv",
+                   help=f"{what}reference data, CSV with a header: a tabular model's manifest `features` "
+                        "columns, or a text model's text column (named like its BYTES input, e.g. text)")
+    p.add_argument("--label", default=None, metavar="COLUMN",
+                   help="the reference's true class (or numeric outcome) column, for the baseline accuracy")
+    p.add_argument("--backbone-folder", default=None, metavar="DIR",
+                   help="a head's backbone, as a built folder (registering: default, the registered "
+                        "backbone)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tenantml", description="tenantml: serverless multi-tenant MLOps.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -41,7 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--version", help="version id (default: next integer)")
     r.add_argument("--alias", action="append", default=None,
                    help="point this alias at the new version (repeatable; default: production)")
+    _reference_arguments(r, required=False)
     r.set_defaults(func=_lazy("tenantml.registry.cli:register_command"))
+
+    bl = msub.add_parser("baseline", help="compute the drift baseline (baseline.json) of a model folder from "
+                                          "reference data by running the model on it; lists it in "
+                                          "manifest.json")
+    bl.add_argument("path", help="a model folder (holding manifest.json)")
+    _reference_arguments(bl, required=True)
+    bl.add_argument("--bins", type=int, default=100,
+                    help="equal-frequency bins per numeric feature (default: %(default)s)")
+    bl.set_defaults(func=_lazy("tenantml.monitoring.reference:baseline_command"))
 
     ls = msub.add_parser("list", help="list the models a tenant can call (its own and shared ones)")
     ls.add_argument("--tenant", required=True)

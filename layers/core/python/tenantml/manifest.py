@@ -8,6 +8,7 @@ anything is loaded (`verify_file`).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -104,6 +105,13 @@ class Manifest(_Model):
             if "/" in name or name.startswith(".") or name == "manifest.json":
                 raise ValueError(f"invalid artifact file name: {name!r}")
         return v
+
+
+def canonical_json(obj: object, *, indent: int | None = None) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no NaN, trailing newline (manifests, heads, baselines)."""
+    text = json.dumps(obj, sort_keys=True, indent=indent, allow_nan=False, ensure_ascii=False,
+                      separators=(",", ":") if indent is None else (",", ": "))
+    return (text + "\n").encode("utf-8")
 
 
 def sha256_bytes(data: bytes) -> str:

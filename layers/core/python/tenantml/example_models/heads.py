@@ -7,7 +7,6 @@ identical bytes (and so identical sha256 in the manifest).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from tenantml.errors import BadRequest
 from tenantml.example_models import BuildError
-from tenantml.manifest import FileEntry, Manifest, sha256_bytes
+from tenantml.manifest import FileEntry, Manifest, canonical_json, sha256_bytes
 
 DECIMALS = 6
 DEFAULT_TEMPERATURE = 0.05
@@ -25,13 +24,6 @@ def _round(a: np.ndarray) -> list:
     """Round to DECIMALS and turn -0.0 into 0.0 so the JSON text does not depend on the sign of zero."""
     r = np.round(np.asarray(a, dtype=np.float64), DECIMALS) + 0.0
     return r.tolist()
-
-
-def canonical_json(obj: object, *, indent: int | None = None) -> bytes:
-    """Deterministic JSON bytes: sorted keys, no NaN, trailing newline."""
-    text = json.dumps(obj, sort_keys=True, indent=indent, allow_nan=False, ensure_ascii=False,
-                      separators=(",", ":") if indent is None else (",", ": "))
-    return (text + "\n").encode("utf-8")
 
 
 def linear_output(name: str, labels: Sequence[str], coef: np.ndarray, intercept: np.ndarray) -> dict:

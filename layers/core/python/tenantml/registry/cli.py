@@ -1,7 +1,11 @@
 """`tenantml models register|list`: the operator's side of the registry (AWS credentials, any tenant).
 
     tenantml models register .tenantml/models/project-risk --tenant acme [--model M] [--version V] [--alias A]
+        [--reference FILE.csv [--label COLUMN] [--backbone-folder DIR]]
     tenantml models list --tenant acme
+
+`--reference` computes the folder's baseline.json from reference data first (tenantml.monitoring.reference),
+so the version is registered with its drift baseline.
 
 Settings come from the environment (TENANTML_ARTIFACT_BUCKET, TENANTML_REGISTRY_TABLE and, in local mode,
 TENANTML_ENDPOINT_URL). `register_folder` is the same flow without settings, for local mode and tests.
@@ -120,11 +124,37 @@ def _fail(exc: Exception, err: TextIO | None) -> int:
     return 1
 
 
+def _baseline_first(args: argparse.Namespace, registry: Any, store: Any, out: TextIO | None) -> None:
+    """`--reference`: compute baseline.json into the folder (and its manifest) before it is registered. A
+    head without --backbone-folder runs on the registered backbone it will be served with."""
+    from tenantml.monitoring.reference import (  # noqa: PLC0415 - pulls the serving runtime
+        compute_and_write,
+        read_manifest,
+        registered_backbone,
+    )
+
+    folder = Path(args.path)
+    backbone_folder = Path(args.backbone_folder) if getattr(args, "backbone_folder", None) else None
+    backbone = None
+    if backbone_folder is None:
+        manifest = read_manifest(folder)
+        if manifest.task == "text-classification":
+            backbone = registered_backbone(manifest, args.tenant, registry, store)
+    compute_and_write(folder, Path(args.reference), label_column=getattr(args, "label", None),
+                      backbone_folder=backbone_folder, backbone=backbone, out=out)
+
+
 def register_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     aliases = tuple(args.alias) if args.alias else (PRODUCTION_ALIAS,)
+    reference = getattr(args, "reference", None)
+    if reference is None and (getattr(args, "label", None) or getattr(args, "backbone_folder", None)):
+        print("error: --label and --backbone-folder go with --reference", file=err or sys.stderr)
+        return 2
     try:
         with _target():
             registry, store = _clients()
+            if reference is not None:
+                _baseline_first(args, registry, store, out)
             registered = register_folder(args.path, args.tenant, registry, store, model=args.model,
                                          version=args.version, aliases=aliases, actor=_actor())
     except (TenantMLError, ValidationError, *_no_platform(), *_aws_errors()) as exc:
