@@ -12,6 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import jwt
 import pytest
 
 from tenantml.auth.devkeys import ensure_dev_keys
@@ -75,12 +76,14 @@ def with_token(event: dict, token: str) -> dict:
 
 def test_valid_token_gets_a_stage_wide_allow(fn, dev_keys, load_event, lambda_context, logs):
     token = dev_keys.mint("acme", ["models:read"])
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     resp = fn.handler(with_token(load_event("authorizer-request"), token), lambda_context)
     assert resp == {
         "principalId": "dev-user",
         "policyDocument": {"Version": "2012-10-17", "Statement": [
             {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": [STAGE]}]},
-        "context": {"tenant_id": "acme", "sub": "dev-user", "scopes": "models:read"},
+        "context": {"tenant_id": "acme", "sub": "dev-user", "scopes": "models:read",
+                    "valid_until": str(exp + 60)},              # exp + leeway: the functions' deadline
     }
     # The cached policy lets the same token through on another route of the stage.
     assert policy_allows(resp, OTHER_ROUTE)
@@ -94,7 +97,9 @@ def test_valid_token_gets_a_stage_wide_allow(fn, dev_keys, load_event, lambda_co
 def test_es256_admin_token(fn, dev_keys, load_event, lambda_context):
     token = dev_keys.mint("globex", ["models:write", "models:read"], sub="ops", alg="ES256")
     resp = fn.handler(with_token(load_event("authorizer-request"), token), lambda_context)
-    assert resp["context"] == {"tenant_id": "globex", "sub": "ops", "scopes": "models:read models:write"}
+    context = dict(resp["context"])
+    assert context.pop("valid_until").isdigit()
+    assert context == {"tenant_id": "globex", "sub": "ops", "scopes": "models:read models:write"}
 
 
 def test_bad_token_event_gets_an_explicit_deny(fn, load_event, lambda_context, logs):

@@ -98,7 +98,8 @@ def test_allow_is_stage_wide_with_string_context(keys, verifier, logs, alg):
         "principalId": "user-7",
         "policyDocument": {"Version": "2012-10-17", "Statement": [
             {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": [STAGE]}]},
-        "context": {"tenant_id": "acme", "sub": "user-7", "scopes": "models:read models:write"},
+        "context": {"tenant_id": "acme", "sub": "user-7", "scopes": "models:read models:write",
+                    "valid_until": str(int(NOW) + 300 + 60)},          # exp + the verifier's leeway
     }
     assert all(isinstance(v, str) for v in resp["context"].values())
     (rec,) = logs.records

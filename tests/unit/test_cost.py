@@ -229,7 +229,7 @@ class Context:
     memory_limit_in_mb = "2048"         # the Python runtime may hand a string
 
 
-EVENT = {"requestContext": {"authorizer": {"tenant_id": "acme"}}}
+EVENT = {"requestContext": {"authorizer": {"tenant_id": "acme", "valid_until": "4102444800"}}}
 
 
 def clock(*readings: float):

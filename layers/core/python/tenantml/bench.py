@@ -155,6 +155,7 @@ def infer_event(texts: list[str], tenant: str = "acme", model: str = MODEL) -> d
                            "path": "/v1" + path, "requestId": "bench", "accountId": "123456789012",
                            "apiId": "bench", "identity": {"sourceIp": "127.0.0.1"},
                            "authorizer": {"tenant_id": tenant, "sub": "bench", "scopes": "models:read",
+                                          "valid_until": str(int(time.time()) + 86400),
                                           "principalId": "bench"}},
         "body": body, "isBase64Encoded": False,
     }

@@ -390,19 +390,20 @@ class Route:
 
 
 WRITE_SCOPE = "models:write"
+READ_SCOPE = "models:read"             # call models: list, metadata, readiness, inference
 FEEDBACK_SCOPE = "models:feedback"     # ground truth for the caller's own earlier predictions
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v2/health/live", "inference", auth=False),
     Route("GET", "/v2/health/ready", "inference", auth=False),
-    Route("GET", "/v2", "inference"),
-    Route("GET", "/v2/models", "inference"),
-    Route("GET", "/v2/models/{model}", "inference"),
-    Route("GET", "/v2/models/{model}/ready", "inference"),
-    Route("POST", "/v2/models/{model}/infer", "inference"),
-    Route("GET", "/v2/models/{model}/versions/{version}", "inference"),
-    Route("GET", "/v2/models/{model}/versions/{version}/ready", "inference"),
-    Route("POST", "/v2/models/{model}/versions/{version}/infer", "inference"),
+    Route("GET", "/v2", "inference", scope=READ_SCOPE),
+    Route("GET", "/v2/models", "inference", scope=READ_SCOPE),
+    Route("GET", "/v2/models/{model}", "inference", scope=READ_SCOPE),
+    Route("GET", "/v2/models/{model}/ready", "inference", scope=READ_SCOPE),
+    Route("POST", "/v2/models/{model}/infer", "inference", scope=READ_SCOPE),
+    Route("GET", "/v2/models/{model}/versions/{version}", "inference", scope=READ_SCOPE),
+    Route("GET", "/v2/models/{model}/versions/{version}/ready", "inference", scope=READ_SCOPE),
+    Route("POST", "/v2/models/{model}/versions/{version}/infer", "inference", scope=READ_SCOPE),
     Route("POST", "/v2/models/{model}/feedback", "inference", scope=FEEDBACK_SCOPE),
     Route("GET", "/admin/models", "registry", scope=WRITE_SCOPE),
     Route("GET", "/admin/models/{model}/versions", "registry", scope=WRITE_SCOPE),

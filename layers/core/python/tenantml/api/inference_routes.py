@@ -14,10 +14,10 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from tenantml.api.body import read_body
-from tenantml.api.context import caller_from_event
+from tenantml.api.context import Caller, caller_from_event
 from tenantml.api.errors import JSON, register_error_handlers
 from tenantml.observability import logger
-from tenantml.resources import FEEDBACK_SCOPE
+from tenantml.resources import FEEDBACK_SCOPE, READ_SCOPE
 from tenantml.serving.service import InferenceService, Reply
 
 
@@ -34,12 +34,15 @@ def _reply(reply: Reply) -> Response:
 def build_router(service: InferenceService) -> APIGatewayRouter:
     router = APIGatewayRouter()
 
-    def tenant(scope: str | None = None) -> str:
-        caller = caller_from_event(router.current_event.raw_event)
-        logger.append_keys(tenant=caller.tenant)
-        if scope is not None:
-            caller.require(scope)
-        return caller.tenant
+    def tenant(scope: str = READ_SCOPE) -> str:
+        return caller(scope).tenant
+
+    def caller(scope: str = READ_SCOPE) -> Caller:
+        """The authorizer's caller, holding `scope` (403 otherwise): models:read for the OIP routes."""
+        who = caller_from_event(router.current_event.raw_event)
+        logger.append_keys(tenant=who.tenant)
+        who.require(scope)
+        return who
 
     # health: no authorizer on these two routes
     @router.get("/v2/health/live")
@@ -76,12 +79,11 @@ def build_router(service: InferenceService) -> APIGatewayRouter:
         return _json(service.model_ready(tenant(), model, version))
 
     def run_infer(model: str, version: str | None) -> Response:
-        caller = caller_from_event(router.current_event.raw_event)
-        logger.append_keys(tenant=caller.tenant)
+        who = caller()
         body = read_body(router.current_event.raw_event, max_bytes=service.settings.max_body_bytes)
         request_id = router.current_event.request_context.request_id
-        return _reply(service.infer(caller.tenant, model, version, body.data, json_length=body.json_length,
-                                    request_id=request_id, subject=caller.sub))
+        return _reply(service.infer(who.tenant, model, version, body.data, json_length=body.json_length,
+                                    request_id=request_id, subject=who.sub))
 
     @router.post("/v2/models/<model>/infer")
     def infer(model: str) -> Response:

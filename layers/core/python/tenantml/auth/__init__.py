@@ -45,6 +45,9 @@ class Claims:
     sub: str
     scopes: frozenset[str]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    # Epoch seconds at which the verifier would refuse the token (exp + leeway): the functions refuse it
+    # from then on too, however long API Gateway caches the Allow. None only for hand-made test claims.
+    valid_until: int | None = None
 
 
 class DenyReason(enum.StrEnum):

@@ -7,7 +7,9 @@
   API Gateway caches the policy per token (identity source) and evaluates that cached policy for the
   token's next requests on *other* routes; a policy for the current method only would make those 403.
   Route-level permissions (scopes, e.g. `models:write` for /admin) are enforced by the functions from
-  the context, which carries `{tenant_id, sub, scopes}` as strings (scopes space-joined, sorted).
+  the context, which carries `{tenant_id, sub, scopes, valid_until}` as strings (scopes space-joined,
+  sorted; valid_until the epoch second from which the token is expired, exp + leeway: the functions
+  refuse it from then on, so the authorizer cache never extends a token's life).
 * **Deny** (explicit, principalId "anonymous", no context): a token was presented but fails
   verification (malformed, alg not allowed, unknown kid, bad signature, expired, wrong iss/aud, no or bad
   tenant claim, ...). The client gets 403, and API Gateway caches the Deny for that exact token, so
@@ -79,6 +81,7 @@ def allow_policy(claims: Claims, method_arn: str) -> dict[str, Any]:
             "tenant_id": claims.tenant_id,
             "sub": claims.sub,
             "scopes": " ".join(sorted(claims.scopes)),
+            **({"valid_until": str(claims.valid_until)} if claims.valid_until is not None else {}),
         },
     }
 

@@ -116,7 +116,7 @@ class TokenVerifier:
         try:
             self._check_times(payload, self._clock() if now is None else now)
             return Claims(tenant_id=self._tenant(payload), sub=self._sub(payload), scopes=_scopes(payload),
-                          raw=payload)
+                          raw=payload, valid_until=int(math.ceil(float(payload["exp"]) + self.leeway)))
         except InvalidToken as exc:  # signed by a trusted key: its tenant may go to the deny log line
             tenant = payload.get(self.tenant_claim)
             if isinstance(tenant, str) and TENANT_RE.fullmatch(tenant):
