@@ -195,3 +195,41 @@ def test_every_registry_route_of_the_stack_is_served(call, load_event):
         event["path"] = re.sub(r"\{[^}]+\}", "x", route.path)
         status, body, _ = call(event)
         assert (status, body) == (403, {"error": "missing scope 'models:write'"}), route
+
+
+# --- names matched in full, digits in ASCII ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["production\n", "canary\n"])
+def test_an_alias_with_a_trailing_newline_is_refused(svc, alias):
+    """(The API's router never hands one over: its path parameters exclude newlines; the CLI and the
+    service must refuse it too.)"""
+    from tenantml.errors import BadRequest
+
+    manifest = manifest_for("risk", {"model.onnx": b"x"})
+    with pytest.raises(BadRequest, match="alias must match"):
+        svc.registry.register_version("acme", "risk", manifest, "t", aliases=[alias])
+    svc.registry.register_version("acme", "risk", manifest, "t")
+    with pytest.raises(BadRequest, match="alias must match"):
+        svc.registry.set_alias("acme", "risk", alias, "1", "t")
+
+
+def test_names_with_a_trailing_newline_never_resolve(svc):
+    from tenantml.errors import BadRequest, ModelNotFound
+
+    svc.registry.register_version("acme", "risk", manifest_for("risk", {"model.onnx": b"x"}), "t")
+    with pytest.raises(ModelNotFound):
+        svc.registry.resolve("acme", "risk\n")
+    with pytest.raises(ModelNotFound):
+        svc.registry.resolve("acme", "risk", "1\n")
+    with pytest.raises(BadRequest):
+        svc.registry.register_version("acme", "risk\n", manifest_for("risk", {"model.onnx": b"x"}), "t")
+
+
+@pytest.mark.parametrize("limit", ["\u00b2", "\u0663", "1\u00b9", " 5"])
+def test_a_paging_limit_in_other_digits_is_a_400(call, load_event, limit):
+    event = load_event("registry-audit")
+    event["queryStringParameters"] = {"limit": limit}
+    event["multiValueQueryStringParameters"] = {"limit": [limit]}
+    status, body, _ = call(event)
+    assert (status, body["error"]) == (400, "limit must be an integer between 1 and 100")

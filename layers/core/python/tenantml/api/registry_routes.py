@@ -155,7 +155,7 @@ def create_app(service: RegistrationService, reports: Any | None = None,
     def set_alias(model: str, alias: str) -> dict[str, Any]:
         who = caller()
         owner = write_owner(who)
-        if not ALIAS_RE.match(alias):
+        if not ALIAS_RE.fullmatch(alias):
             raise BadRequest(f"alias must match {ALIAS_RE.pattern}")
         body: SetAliasBody = _parse(SetAliasBody, app.current_event.decoded_body)
         change = service.set_alias(owner=owner, model=model, alias=alias, version=body.version,
@@ -167,7 +167,7 @@ def create_app(service: RegistrationService, reports: Any | None = None,
     def list_audit() -> dict[str, Any]:
         who = caller()
         raw_limit = app.current_event.get_query_string_value("limit", "50")
-        if not raw_limit.isdigit():
+        if not (raw_limit.isascii() and raw_limit.isdigit()):
             raise BadRequest(f"limit must be an integer between 1 and {MAX_AUDIT_PAGE}")
         page = service.registry.list_audit(who.tenant, int(raw_limit),
                                              app.current_event.get_query_string_value("next_token"))

@@ -250,7 +250,7 @@ def build_prototype_head(out_dir: Path, embed: Embedder, backbone: BackboneRef,
     `examples` is {output name: {label: [example texts]}}; `name` is the model name for the manifest.
     Writes head.json + manifest.json into `out_dir`; returns {"head_bytes", "labels", "n_examples"}.
     """
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise BadRequest("invalid model name", detail=f"must match {NAME_RE.pattern}")
     if not examples:
         raise BadRequest("invalid examples", detail="examples: at least one output is required")

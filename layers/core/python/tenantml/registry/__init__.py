@@ -217,22 +217,22 @@ def iso(ts: datetime) -> str:
 
 
 def check_tenant(tenant: str) -> None:
-    if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+    if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
         raise BadRequest("invalid tenant")
 
 
 def check_model_name(model: str) -> None:
-    if not isinstance(model, str) or not NAME_RE.match(model):
+    if not isinstance(model, str) or not NAME_RE.fullmatch(model):
         raise BadRequest(f"model name must match {NAME_RE.pattern}")
 
 
 def check_version_id(version: str) -> None:
-    if not isinstance(version, str) or not VERSION_RE.match(version):
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
         raise BadRequest(f"version must match {VERSION_RE.pattern}")
 
 
 def check_alias(alias: str) -> None:
-    if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
         raise BadRequest(f"alias must match {ALIAS_RE.pattern}")
 
 
@@ -243,9 +243,9 @@ def lookup_owners(tenant: str) -> tuple[str, ...]:
 
 def is_valid_lookup(model: str, version: str | None) -> bool:
     """Names that can never exist are answered as not found without a lookup (and never reach a key)."""
-    if not isinstance(model, str) or not NAME_RE.match(model):
+    if not isinstance(model, str) or not NAME_RE.fullmatch(model):
         return False
-    return version is None or (isinstance(version, str) and bool(VERSION_RE.match(version)))
+    return version is None or (isinstance(version, str) and bool(VERSION_RE.fullmatch(version)))
 
 
 def select_version(state: ModelState, requested: str | None) -> str:
@@ -274,7 +274,7 @@ def plan_registration(state: ModelState | None, owner: str, model: str, manifest
     if version in existing_aliases or version in aliases:
         raise BadRequest(f"version '{version}' collides with an alias name")
     new_aliases = {**existing_aliases, **{a: version for a in aliases}}
-    if version.isdigit():
+    if version.isascii() and version.isdigit():
         max_int = max(max_int, int(version))
     if state is None:
         return ModelState(owner=owner, model=model, task=manifest.task, backend=manifest.backend,
@@ -355,7 +355,7 @@ def decode_page_token(token: str) -> str:
         sort_key = value["after"] if isinstance(value, dict) and value.get("v") == 1 else None
     except (binascii.Error, ValueError, TypeError, KeyError):
         sort_key = None
-    if not isinstance(sort_key, str) or not _AUDIT_SK_RE.match(sort_key):
+    if not isinstance(sort_key, str) or not _AUDIT_SK_RE.fullmatch(sort_key):
         raise BadRequest("invalid next_token")
     return sort_key
 

@@ -119,7 +119,7 @@ class InferenceService:
 
     def resolve(self, tenant: str, model: str, version: str | None = None) -> ModelVersion:
         """The version the tenant may call, or ModelNotFound (identical for missing and foreign models)."""
-        if not NAME_RE.match(model) or (version is not None and not VERSION_RE.match(version)):
+        if not NAME_RE.fullmatch(model) or (version is not None and not VERSION_RE.fullmatch(version)):
             raise ModelNotFound(model[:64], None if version is None else version[:32])
         with _registry_errors():
             mv = self.registry.resolve(tenant, model, version)
@@ -335,7 +335,7 @@ class InferenceService:
         loaded: list[str] = []
         for entry in entries:
             parts = entry.strip().strip("/").split("/")
-            if len(parts) not in (2, 3) or not TENANT_RE.match(parts[0]):
+            if len(parts) not in (2, 3) or not TENANT_RE.fullmatch(parts[0]):
                 logger.warning("ignoring invalid preload entry", extra={"entry": entry})
                 continue
             try:
