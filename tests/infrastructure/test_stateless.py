@@ -310,3 +310,13 @@ def test_metric_filters_read_fields_the_access_log_writes(stateless):
         used = set(re.findall(r"\$\.(\w+)", props["FilterPattern"]))
         used |= {d["Value"][2:] for t in props["MetricTransformations"] for d in t.get("Dimensions", [])}
         assert used and used <= set(fields), used - set(fields)
+
+
+@pytest.mark.parametrize("name", ["registry", "rollback"])
+def test_the_audit_log_is_append_only_for_every_registry_writer(stateless, name):
+    denies = [s for s in _statements(stateless, name) if s["Effect"] == "Deny"]
+    (deny,) = denies
+    assert set(as_list(deny["Action"])) == {"dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                                            "dynamodb:BatchWriteItem"}
+    assert deny["Condition"] == {"ForAnyValue:StringLike": {"dynamodb:LeadingKeys": ["T#*#AUDIT"]}}
+    assert "TablesRegistry" in json.dumps(deny["Resource"])

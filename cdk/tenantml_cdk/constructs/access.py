@@ -89,11 +89,24 @@ class RegistryAccess(Construct):
         super().__init__(scope, construct_id)
         bucket = _ArtifactBucket(data)
         data.registry_table.grant_read_write_data(function.function)
+        deny_audit_rewrites(function, data)
         bucket.read(function, ARTIFACT_OBJECTS, "model artifacts")
         bucket.put(function, ARTIFACT_OBJECTS, "model artifacts")
         bucket.read(function, REPORT_OBJECTS, "GET /admin/models/{model}/drift lists only the caller "
                                               "tenant's reports")
         data.tables[resources.SIGNALS_TABLE.id].grant_read_data(function.function)
+
+
+def deny_audit_rewrites(fn: PlatformFunction, data: PlatformData) -> None:
+    """The audit log is append-only for every role that writes the registry: an explicit Deny of
+    UpdateItem and DeleteItem (alone, in a batch or in a transaction) on the audit partitions
+    (`T#<tenant>#AUDIT`, dynamodb:LeadingKeys). A PutItem cannot be stopped from overwriting by any
+    condition key, so the code writes audit items only with attribute_not_exists(pk)."""
+    fn.function.add_to_role_policy(iam.PolicyStatement(
+        sid="AuditLogIsAppendOnly", effect=iam.Effect.DENY,
+        actions=["dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"],
+        resources=[data.registry_table.table_arn],
+        conditions={"ForAnyValue:StringLike": {"dynamodb:LeadingKeys": ["T#*#AUDIT"]}}))
 
 
 class PublisherAccess(Construct):
@@ -145,6 +158,7 @@ class RolloutAccess(Construct):
                  data: PlatformData) -> None:
         super().__init__(scope, construct_id)
         data.registry_table.grant_read_write_data(function.function)
+        deny_audit_rewrites(function, data)
         if resources.SIGNALS_TABLE.id in data.tables:
             data.tables[resources.SIGNALS_TABLE.id].grant_read_write_data(function.function)
         stack = Stack.of(self)
