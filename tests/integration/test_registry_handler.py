@@ -129,10 +129,13 @@ def test_shared_models_need_owner_shared_and_models_admin_and_then_serve_every_t
     assert "registered_by" not in body["versions"][0]   # operators are not the tenant's business
     registry = DynamoRegistry(NAMES.tables["registry"], AWS)
     assert registry.resolve("globex", "churn-risk").owner == "_shared"
-    # The audit record names the operator (the token's sub); it is in the _shared log, not acme's.
+    # The audit record names the operator (the token's sub); it is in the _shared log. acme's log holds
+    # only the refused attempt (without models:admin), audited on DynamoDB like every other record.
     [record] = registry.list_audit("_shared").records
     assert (record.action, record.actor, record.model) == ("register_version", "ml-engineer-7", "churn-risk")
-    assert call(load_event("registry-audit"))[1]["records"] == []
+    refused = call(load_event("registry-audit"))[1]["records"]
+    assert [(r["action"], r["details"]) for r in refused] == [
+        ("refused_post_versions", {"reason": "403 missing scope 'models:admin'"})]
 
 
 def test_a_tampered_inline_file_registers_nothing(call, load_event):

@@ -107,10 +107,11 @@ def test_shared_writes_need_owner_shared_and_models_admin(call, load_event, svc)
         mv = svc.registry.resolve(tenant, "churn-risk")
         assert (mv.owner, mv.version) == ("_shared", "1")
     assert svc.store.get("_shared", "churn-risk", "1", "model.onnx")
-    # The audit record names the operator (the token's sub) and lands in the _shared log, not acme's.
+    # The audit record names the operator (the token's sub) and lands in the _shared log; acme's log holds
+    # only the attempt it was refused (its own tenant's record of what its caller tried).
     [record] = svc.registry.audit("_shared")
     assert (record.action, record.actor, record.model) == ("register_version", "ml-engineer-7", "churn-risk")
-    assert svc.registry.audit("acme") == []
+    assert [r.action for r in svc.registry.audit("acme")] == ["refused_post_versions"]
 
     set_alias = with_owner(with_body(load_event("registry-set-alias"), {"version": "1"}), "_shared")
     assert call(as_caller(set_alias, scopes="models:write"))[:2] == (
@@ -233,3 +234,39 @@ def test_a_paging_limit_in_other_digits_is_a_400(call, load_event, limit):
     event["multiValueQueryStringParameters"] = {"limit": [limit]}
     status, body, _ = call(event)
     assert (status, body["error"]) == (400, "limit must be an integer between 1 and 100")
+
+
+# --- refused attempts are audited ---------------------------------------------------------------------------
+
+
+def test_an_attempt_without_the_scope_is_refused_and_audited(call, load_event, svc):
+    status, body, _ = call(as_caller(load_event("registry-register-version"), scopes="models:read"))
+    assert (status, body) == (403, {"error": "missing scope 'models:write'"})
+    (record,) = svc.registry.audit("acme")
+    assert (record.action, record.actor, record.model) == (
+        "refused_post_versions", "ml-engineer-7", "churn-risk")
+    assert record.details == {"reason": "403 missing scope 'models:write'"}
+    assert svc.registry.audit("globex") == []
+
+
+def test_a_conflict_is_refused_and_audited(call, load_event, svc):
+    assert call(load_event("registry-register-version"))[0] == 201
+    event = with_body(load_event("registry-register-version"), {
+        **json.loads(load_event("registry-register-version")["body"]), "version": "1"})
+    assert call(event)[0] == 409
+    assert [r.action for r in svc.registry.audit("acme")] == ["register_version", "refused_post_versions"]
+
+
+def test_a_refused_rollout_verb_is_audited_with_its_action(call, load_event, svc):
+    call(load_event("registry-register-version"))
+    event = load_event("registry-rollout-start")
+    event["path"] = "/admin/models/churn-risk/rollout/promote"
+    event["resource"] = "/admin/models/{model}/rollout/{action}"
+    event["pathParameters"] = {"model": "churn-risk", "action": "promote"}
+    event["body"] = None
+    status, _, _ = call(event)
+    assert status == 404                                        # no rollout: not found, not a refusal
+    assert [r.action for r in svc.registry.audit("acme")] == ["register_version"]
+    status, _, _ = call(as_caller(event, scopes="models:read"))
+    assert status == 403
+    assert svc.registry.audit("acme")[-1].action == "refused_post_rollout_promote"

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenantml import SHARED_TENANT
 from tenantml.api.context import Caller, caller_from_event
 from tenantml.api.errors import JSON, register_error_handlers
-from tenantml.errors import BadRequest
+from tenantml.errors import BadRequest, Conflict, Forbidden
 from tenantml.manifest import VERSION_RE, Manifest
 from tenantml.observability import logger
 from tenantml.registry import ALIAS_RE, MAX_AUDIT_PAGE, AuditRecord, ModelSummary, VersionRecord
@@ -96,12 +96,41 @@ def _audit_json(r: AuditRecord) -> dict[str, Any]:
             "version": r.version, "details": r.details}
 
 
+def _route_action(event: Any) -> str:
+    """A route as an audit action: "POST /admin/models/{model}/rollout/{action}" -> "post_rollout_promote"."""
+    resource = str(getattr(event, "resource", "") or "")
+    action = (event.path_parameters or {}).get("action") if resource.endswith("{action}") else None
+    parts = [p for p in resource.split("/") if p and not p.startswith("{") and p not in ("admin", "models")]
+    return "_".join([str(event.http_method).lower(), *parts, *([action] if action else [])])[:64]
+
+
+def _audit_refusals(registry: Any) -> Any:
+    """Powertools middleware: an admin attempt refused for its scope (403) or for a conflict (409) is
+    appended to the caller tenant's audit log as `refused_<method>_<route>` with the reason, then answered
+    as before. A request without a tenant (401) has no log to go to; a failure to audit is logged and
+    never changes the answer."""
+    def middleware(app: APIGatewayRestResolver, next_middleware: Any) -> Response:
+        try:
+            return next_middleware(app)
+        except (Forbidden, Conflict) as exc:
+            try:
+                who = caller_from_event(app.current_event.raw_event)
+                model = (app.current_event.path_parameters or {}).get("model") or "*"
+                registry.record_refusal(who.tenant, _route_action(app.current_event), who.sub, model[:128],
+                                        f"{exc.status} {exc.public_message}")
+            except Exception as audit_exc:  # noqa: BLE001 - the refusal is answered whatever happens here
+                logger.warning("refusal not audited", extra={"error": type(audit_exc).__name__})
+            raise
+    return middleware
+
+
 def create_app(service: RegistrationService, reports: Any | None = None,
                rollouts: RolloutService | None = None) -> APIGatewayRestResolver:
     """The resolver over one RegistrationService (built once per execution environment, at init)."""
     rollouts = rollouts or RolloutService(service.registry)
     app = APIGatewayRestResolver()
     register_error_handlers(app)
+    app.use(middlewares=[_audit_refusals(service.registry)])
 
     def caller() -> Caller:
         who = caller_from_event(app.current_event.raw_event)

@@ -84,6 +84,7 @@ ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ACTION_REGISTER = "register_version"
 ACTION_SET_ALIAS = "set_alias"
 ACTION_ROLLOUT = "rollout"        # audit actions "rollout_<action>" (start, advance, rollback, ...)
+ACTION_REFUSED = "refused"        # audit actions "refused_<route>": an admin attempt answered 403 or 409
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,10 @@ class ModelRegistry(Registry, Protocol):
 
     def live_rollouts(self) -> list[tuple[str, str]]:
         """(owner, model) of every live (active or frozen) rollout: what the controller checks."""
+        ...
+
+    def record_refusal(self, tenant: str, action: str, actor: str, model: str, reason: str) -> None:
+        """Append a `refused_<action>` audit record to `tenant`'s log (an admin attempt that was refused)."""
         ...
 
     def apply_rollout(self, owner: str, model: str, transition: Any) -> None:

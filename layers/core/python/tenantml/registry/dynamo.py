@@ -26,6 +26,7 @@ from tenantml.errors import BadRequest, Conflict, ModelNotFound, Throttled
 from tenantml.manifest import Manifest
 from tenantml.observability import logger
 from tenantml.registry import (
+    ACTION_REFUSED,
     ACTION_REGISTER,
     ACTION_ROLLOUT,
     ACTION_SET_ALIAS,
@@ -425,6 +426,12 @@ class DynamoRegistry:
         if state is None:
             raise ModelNotFound(model)
         return rollout_of(state)
+
+    def record_refusal(self, tenant: str, action: str, actor: str, model: str, reason: str) -> None:
+        check_tenant(tenant)
+        put = self._audit_put(tenant, f"{ACTION_REFUSED}_{action}", actor, model, None, {"reason": reason},
+                              iso(self._clock()))["Put"]
+        self._ddb.put_item(**put)
 
     def live_rollouts(self) -> list[tuple[str, str]]:
         return [(_py(i["tenant"]), _py(i["model"])) for i in self._query(

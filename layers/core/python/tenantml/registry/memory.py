@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 from tenantml.errors import BadRequest, Conflict, ModelNotFound, ModelUnavailable
 from tenantml.manifest import BackboneRef, FileEntry, Manifest, Task, TensorSpec, sha256_bytes
 from tenantml.registry import (
+    ACTION_REFUSED,
     ACTION_REGISTER,
     ACTION_ROLLOUT,
     ACTION_SET_ALIAS,
@@ -218,6 +219,12 @@ class MemoryRegistry:
             if state is None:
                 raise ModelNotFound(model)
             return rollout_of(state)
+
+    def record_refusal(self, tenant: str, action: str, actor: str, model: str, reason: str) -> None:
+        check_tenant(tenant)
+        with self._lock:
+            self._append_audit(tenant, f"{ACTION_REFUSED}_{action}", actor, model, None, {"reason": reason},
+                               iso(self._clock()))
 
     def live_rollouts(self) -> list[tuple[str, str]]:
         with self._lock:
