@@ -155,9 +155,12 @@ def test_an_operator_registers_a_shared_model_that_another_tenant_lists_and_call
     reply = client.post("/v2/models/e2e-shared-risk/infer", token=initech,
                         body=risk_request([[0.0] * len(sm.FEATURES)]))
     assert output(reply, "risk")["data"][0] in sm.RISK_LABELS
-    # The write is not acme's: its own audit log does not have it (it is in the _shared log).
+    # The write is not acme's: its own audit log does not have it (it is in the _shared log), only the
+    # attempt acme's engineer was refused.
     audit = client.get("/admin/audit", token=operator)
-    assert audit.status == 200 and all(r["model"] != "e2e-shared-risk" for r in audit.json()["records"])
+    mine = [r for r in audit.json()["records"] if r["model"] == "e2e-shared-risk"]
+    assert audit.status == 200 and [(r["action"], r["actor"]) for r in mine] == [
+        ("refused_post_versions", "acme-engineer")]
 
 
 # -- models ----------------------------------------------------------------------------------------------
