@@ -51,9 +51,10 @@ class RolloutAction(BaseModel):
 
 
 class SignalSource(Protocol):
-    def read(self, rollout: Rollout, version: str, since: datetime) -> VersionSignals: ...
-
-    def summary(self, rollout: Rollout, version: str, since: datetime) -> dict[str, Any]: ...
+    def observe(self, rollout: Rollout, version: str, since: datetime,
+                ) -> tuple[VersionSignals, dict[str, Any]]:
+        """(what the controller judges on, what the status shows), from one read."""
+        ...
 
 
 def _refused(exc: RolloutError) -> Conflict:
@@ -133,11 +134,9 @@ class RolloutService:
         }
         if self.signals is None:
             return out
-        stable = self.signals.summary(r, r.stable, r.stage_started_at)
-        candidate = self.signals.summary(r, r.candidate, r.stage_started_at)
+        s_sig, stable = self.signals.observe(r, r.stable, r.stage_started_at)
+        c_sig, candidate = self.signals.observe(r, r.candidate, r.stage_started_at)
         out["signals"] = {"since": r.stage_started_at.isoformat(), "stable": stable, "candidate": candidate}
-        s_sig = self.signals.read(r, r.stable, r.stage_started_at)
-        c_sig = self.signals.read(r, r.candidate, r.stage_started_at)
         out["next"] = machine.guardrail_breach(r, s_sig, c_sig) or machine.hold_reason(r, c_sig, now)
         if s_sig.labelled and c_sig.labelled and s_sig.accuracy is not None and c_sig.accuracy is not None:
             out["accuracy_test"] = compare(

@@ -123,16 +123,22 @@ class DynamoSignals:
     # --- what the rollout service and the controller read ---------------------------------------------
 
     def read(self, rollout: Rollout, version: str, since: datetime) -> VersionSignals:
-        numbers, hist = self.totals(rollout.id, version, since)
-        labelled = numbers["labelled"]
-        return VersionSignals(requests=numbers["requests"], errors=numbers["errors"],
-                              p95_ms=hist.percentile(95), labelled=labelled,
-                              accuracy=numbers["correct"] / labelled if labelled else None)
+        """What the controller judges on."""
+        return self.observe(rollout, version, since)[0]
 
     def summary(self, rollout: Rollout, version: str, since: datetime) -> dict[str, Any]:
+        """What the status shows."""
+        return self.observe(rollout, version, since)[1]
+
+    def observe(self, rollout: Rollout, version: str, since: datetime,
+                ) -> tuple[VersionSignals, dict[str, Any]]:
+        """Both `read` and `summary` from one Query."""
         numbers, hist = self.totals(rollout.id, version, since)
         requests, labelled = numbers["requests"], numbers["labelled"]
-        return {
+        signals = VersionSignals(requests=requests, errors=numbers["errors"], p95_ms=hist.percentile(95),
+                                 labelled=labelled,
+                                 accuracy=numbers["correct"] / labelled if labelled else None)
+        return signals, {
             "version": version, "requests": requests, "errors": numbers["errors"],
             "error_rate": numbers["errors"] / requests if requests else None,
             "latency_ms": {f"p{q}": hist.percentile(q) for q in (50, 95, 99)},
