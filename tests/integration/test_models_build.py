@@ -168,12 +168,17 @@ def test_cli_build_uses_the_cache(built, capsys):
     assert "[1/1] minilm-embed" in err and "up to date" in err
 
 
-def test_full_pipeline_puts_the_classifier_on_the_int8_backbone(built):
+def test_full_pipeline_puts_the_classifier_on_the_int8_backbone(built, link_mpnet):
     out, _ = built
+    # mpnet-embed (the GPU model, a step of the full pipeline): the session's build, up to date here
+    # (tests/integration/test_mpnet_build.py); where its weights are not installed, the step is skipped.
+    has_mpnet = link_mpnet(out)
     lines: list[str] = []
     paths = build_models(out, reference=FIXTURE, progress=lines.append)
-    assert set(paths) == {"minilm-embed", "minilm-embed-fp32", "work-item-classifier", "project-risk"}
+    assert set(paths) == {"minilm-embed", "minilm-embed-fp32", "work-item-classifier", "project-risk",
+                          *(["mpnet-embed"] if has_mpnet else [])}
     assert "up to date" in lines[0]
+    assert ("up to date" if has_mpnet else "skipped") in lines[3] and lines[3].startswith("[4/4] mpnet-embed")
     head = Manifest.model_validate_json((out / "work-item-classifier" / "manifest.json").read_text())
     assert head.backbone is not None
     assert head.backbone.model_dump() == {"tenant": "_shared", "model": "minilm-embed", "version": "1"}
@@ -184,7 +189,7 @@ def test_full_pipeline_puts_the_classifier_on_the_int8_backbone(built):
 
     again: list[str] = []
     build_models(out, reference=FIXTURE, progress=again.append)
-    assert sum("up to date" in line for line in again) == 3
+    assert sum("up to date" in line for line in again) == 3 + has_mpnet
 
 
 def test_fixture_matches_sentence_transformers_today(reference: dict):
@@ -207,9 +212,10 @@ TEXT_FEATURES = ["token_count", "unknown_token_rate", "embedding_pc1", "embeddin
 
 
 @pytest.fixture(scope="module")
-def pipeline(built) -> Path:
-    """Every example model, the MiniLM step from `built`'s cache."""
+def pipeline(built, link_mpnet) -> Path:
+    """Every example model, the MiniLM step from `built`'s cache, mpnet-embed from the session's build."""
     out, _ = built
+    link_mpnet(out)
     build_models(out, reference=FIXTURE, progress=lambda line: None)
     return out
 

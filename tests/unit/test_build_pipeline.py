@@ -18,7 +18,8 @@ def _names(steps) -> list[str]:
 
 
 def test_all_steps_run_in_dependency_order():
-    assert _names(pipeline._select(None)) == ["minilm-embed", "work-item-classifier", "project-risk"]
+    assert _names(pipeline._select(None)) == ["minilm-embed", "work-item-classifier", "project-risk",
+                                              "mpnet-embed"]
 
 
 def test_only_pulls_in_the_steps_a_model_needs():

