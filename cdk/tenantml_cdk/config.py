@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tenantml import resources
 
@@ -29,6 +30,17 @@ RETENTION_DAYS: dict[int, str] = {
 # Hosts reserved for documentation (RFC 2606 / RFC 6761): fine for synth, never a real identity provider.
 _EXAMPLE_HOST = re.compile(r"(^|\.)(example\.(com|net|org)|example|invalid|test|localhost)$")
 _PRELOAD_ITEM = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$")
+
+# An image in Amazon ECR, pinned by tag or digest: <account>.dkr.ecr.<region>.amazonaws.com[.cn]/<repo>:<tag>
+# (repository names as ECR allows them). The GPU endpoint's role may pull from exactly this repository.
+ECR_IMAGE_URI = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z]{2}(-[a-z]+)+-\d)\.amazonaws\.com(\.cn)?/"
+    r"(?P<repository>(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})|@(?P<digest>sha256:[a-f0-9]{64}))$")
+# s3://<bucket>/<key>.tar.gz. The key becomes an IAM resource (the role may read exactly this object), so it
+# may not hold IAM wildcards (* ?) or policy variables ($), nor whitespace.
+S3_MODEL_DATA_URL = re.compile(
+    r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>[^*?$\s]+\.tar\.gz)$")
 
 
 class ConfigError(ValueError):
@@ -71,6 +83,22 @@ class AppConfig(BaseModel):
     alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     account: str | None = Field(default=None, pattern=r"^\d{12}$")
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    # --- GPU asynchronous inference endpoint (constructs/gpu_endpoint.py): created only when both the image
+    # and the model data are given, so a synth without them deploys nothing billable.
+    gpu_image_uri: str | None = Field(default=None, description="ECR image URI (tag or digest) of the GPU "
+                                                                "inference container")
+    gpu_model_data_url: str | None = Field(default=None, description="s3://bucket/key.tar.gz: the model "
+                                                                     "artifact the endpoint loads")
+    # ml.g5.xlarge: 1x NVIDIA A10G (24 GB GPU memory), 4 vCPU, 16 GiB, the smallest current-generation GPU
+    # instance SageMaker hosts (g4dn's T4 is the previous generation). MPNet (~110M parameters, ~0.44 GB of
+    # fp32 weights) with batches of 512-token sequences needs a few GB: ample headroom.
+    gpu_instance_type: str = Field(default="ml.g5.xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    # Upper bounds guard against a typo in a billable value; raise them deliberately.
+    gpu_max_instances: int = Field(default=1, ge=1, le=10, description="autoscaling maximum (minimum is 0)")
+    gpu_max_concurrent_invocations: int = Field(default=4, ge=1, le=1000,
+                                                description="MaxConcurrentInvocationsPerInstance")
+    gpu_backlog_per_instance_target: float = Field(default=5.0, gt=0, le=1000,
+                                                   description="target ApproximateBacklogSizePerInstance")
 
     @field_validator("jwks_url")
     @classmethod
@@ -104,6 +132,38 @@ class AppConfig(BaseModel):
             raise ValueError(f"sizing must cover exactly {sorted(expected)}")
         return value
 
+    @field_validator("gpu_image_uri")
+    @classmethod
+    def _ecr_image(cls, value: str | None) -> str | None:
+        if value is not None and not ECR_IMAGE_URI.match(value):
+            raise ValueError("must be an Amazon ECR image URI pinned by tag or digest: "
+                             "<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>")
+        return value
+
+    @field_validator("gpu_model_data_url")
+    @classmethod
+    def _model_data(cls, value: str | None) -> str | None:
+        if value is not None and not S3_MODEL_DATA_URL.match(value):
+            raise ValueError("must be s3://<bucket>/<key>.tar.gz (no whitespace, *, ? or $ in the key)")
+        return value
+
+    @model_validator(mode="after")
+    def _gpu_pair(self) -> AppConfig:
+        """Both GPU keys or neither: one alone is a mistake, not a request for no endpoint."""
+        if (self.gpu_image_uri is None) != (self.gpu_model_data_url is None):
+            missing, given = (("gpu_image_uri", "gpu_model_data_url") if self.gpu_image_uri is None
+                              else ("gpu_model_data_url", "gpu_image_uri"))
+            # Raised as a ValidationError located at the missing key, so load_config names that key.
+            raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                type=PydanticCustomError("gpu_pair", "is required when {given} is set (the GPU endpoint "
+                                                     "needs both)", {"given": given}),
+                loc=(missing,), input=None)])
+        return self
+
+    @property
+    def gpu_enabled(self) -> bool:
+        return self.gpu_image_uri is not None and self.gpu_model_data_url is not None
+
     def sizing(self, function: str) -> FunctionSizing:
         return self.functions[function]
 
@@ -136,7 +196,9 @@ def _context_key(loc: tuple[int | str, ...]) -> str:
 
 def _hint(key: str) -> str:
     example = {"jwks_url": "https://YOUR_IDP/.well-known/jwks.json", "issuer": "https://YOUR_IDP/",
-               "audience": "YOUR_API_AUDIENCE"}.get(key, "...")
+               "audience": "YOUR_API_AUDIENCE",
+               "gpu_image_uri": "ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY:TAG",
+               "gpu_model_data_url": "s3://BUCKET/KEY/model.tar.gz"}.get(key, "...")
     return f"pass `-c {key}={example}` or set \"{key}\" in the \"context\" of cdk.json"
 
 

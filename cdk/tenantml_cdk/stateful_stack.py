@@ -1,5 +1,6 @@
 """Stateful stack: what outlives a redeploy (artifact bucket, registry and idempotency tables, event bus,
-the queues with their dead-letter and failure queues).
+the queues with their dead-letter and failure queues, the GPU endpoint's notification topics that feed
+the gpu-results queue).
 
 Deployed apart from the stateless stack so functions, API and alarms can be replaced freely; the bucket
 and tables are RETAINed by `cdk destroy` as well.
@@ -20,6 +21,7 @@ from constructs import Construct
 
 from tenantml import resources
 from tenantml_cdk.config import AppConfig
+from tenantml_cdk.constructs.gpu_endpoint import GpuNotifications
 from tenantml_cdk.constructs.queues import PlatformQueues
 from tenantml_cdk.constructs.storage import ArtifactStore, PlatformTables
 
@@ -33,6 +35,7 @@ class PlatformData:
     event_bus: events.IEventBus
     queues: Mapping[str, sqs.IQueue]              # QueueDef.id -> the queue a function consumes
     dead_letter_queues: Mapping[str, sqs.IQueue]  # QueueDef.id -> its DLQ; "<fn>-failures" -> failure queue
+    gpu_notifications: Any = None                 # GpuNotifications: the GPU endpoint's topics -> gpu-results
 
     @property
     def registry_table(self) -> dynamodb.ITable:
@@ -47,8 +50,10 @@ class StatefulStack(cdk.Stack):
         bus = events.EventBus(self, "EventBus", event_bus_name=resources.EVENT_BUS_NAME,
                               description="tenantml rollout and drift events (source tenantml)")
         queues = PlatformQueues(self, "Queues", config=config)
+        notifications = GpuNotifications(self, "GpuNotifications", results_queue=queues.queues["gpu-results"])
         self.data = PlatformData(artifact_bucket=store.bucket, tables=tables.tables, event_bus=bus,
-                                 queues=queues.queues, dead_letter_queues=queues.dead_letter_queues)
+                                 queues=queues.queues, dead_letter_queues=queues.dead_letter_queues,
+                                 gpu_notifications=notifications)
 
         cdk.CfnOutput(self, "ArtifactBucketName", value=store.bucket.bucket_name,
                       description="TENANTML_ARTIFACT_BUCKET (model artifacts under models/)")

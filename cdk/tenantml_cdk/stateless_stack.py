@@ -14,6 +14,7 @@ from tenantml.settings import variable
 from tenantml_cdk.bundling import repo_root
 from tenantml_cdk.config import AppConfig
 from tenantml_cdk.constructs.access import (
+    AsyncAccess,
     DriftAccess,
     PublisherAccess,
     RegistryAccess,
@@ -23,6 +24,7 @@ from tenantml_cdk.constructs.access import (
 from tenantml_cdk.constructs.api import PlatformApi
 from tenantml_cdk.constructs.cost import CostQuery
 from tenantml_cdk.constructs.functions import FunctionFactory, PlatformFunction
+from tenantml_cdk.constructs.gpu_endpoint import GpuEndpoint, endpoint_name_for
 from tenantml_cdk.constructs.layers import PlatformLayers
 from tenantml_cdk.constructs.monitoring import ServingMonitoring
 from tenantml_cdk.constructs.triggers import EventTriggers
@@ -64,6 +66,16 @@ class StatelessStack(cdk.Stack):
                                             alarm_email=config.alarm_email,
                                             dashboard_name=f"tenantml-{config.stage}")
         self.monitoring.alert_on(data.event_bus, ["DriftDetected", "RolloutRolledBack"])
+        # The scale-to-zero GPU endpoint, only with -c gpu_image_uri=... -c gpu_model_data_url=...
+        self.gpu = GpuEndpoint(self, "Gpu", config=config, bucket=data.artifact_bucket,
+                               notifications=data.gpu_notifications,
+                               alarm_topic=self.monitoring.topic) if config.gpu_enabled else None
+        AsyncAccess(self, "AsyncAccess", inference=self.functions["inference"],
+                    dispatch=self.functions["gpu_dispatch"], result=self.functions["gpu_result"], data=data,
+                    endpoint=self.gpu)
+        if self.gpu is not None:
+            cdk.CfnOutput(self, "GpuEndpointName", value=self.gpu.endpoint_name,
+                          description="SageMaker asynchronous inference endpoint (scales to zero)")
         self.triggers = EventTriggers(self, "Triggers", functions=self.functions, tables=data.tables,
                                       queues=data.queues, dead_letter_queues=data.dead_letter_queues,
                                       event_bus=data.event_bus, alarm_topic=self.monitoring.topic)
@@ -95,6 +107,7 @@ def platform_values(config: AppConfig, data: PlatformData) -> dict[str, str]:
         variable("registry_table"): data.registry_table.table_name,
         variable("idempotency_table"): data.tables[resources.IDEMPOTENCY_TABLE.id].table_name,
         variable("signals_table"): data.tables[resources.SIGNALS_TABLE.id].table_name,
+        variable("requests_table"): data.tables[resources.REQUESTS_TABLE.id].table_name,
         variable("event_bus_name"): data.event_bus.event_bus_name,
         **{variable(q.setting): data.queues[q.id].queue_name for q in resources.QUEUES if q.setting},
         # The drift window is the drift schedule's period; capture frames are written at least once a minute.
@@ -106,6 +119,8 @@ def platform_values(config: AppConfig, data: PlatformData) -> dict[str, str]:
         # Lambda's Active tracing records every invocation; SDK subsegments are opt-in (cold start cost).
         variable("tracing"): "true" if config.sdk_tracing else "false",
     }
+    if config.gpu_enabled:   # without an endpoint, GPU models answer 503 at submit
+        values[variable("gpu_endpoint_name")] = endpoint_name_for(config.stage)
     if config.preload_models:
         values[variable("preload_models")] = config.preload_models
     if config.sam_local:

@@ -1,4 +1,5 @@
-"""Inference function: Open Inference Protocol v2 over REST for CPU ONNX models.
+"""Inference function: Open Inference Protocol v2 over REST for CPU ONNX models; GPU models are submitted
+to the SageMaker async endpoint (202 + Location) and polled at GET /v2/requests/{id}.
 
 Init (once per execution environment, and what SnapStart snapshots): settings are parsed, the service is
 built (registry/S3 adapters lazily) and `TENANTML_PRELOAD_MODELS` are loaded, so the first request of a
@@ -13,11 +14,21 @@ from tenantml.api.inference_routes import create_app
 from tenantml.monitoring.cost import metered
 from tenantml.observability import logger, metrics, tracer
 from tenantml.serving.service import build_service
-from tenantml.settings import get_aws_settings, get_serving_settings, get_signal_settings
+from tenantml.settings import (
+    get_async_settings,
+    get_aws_settings,
+    get_idempotency_settings,
+    get_serving_settings,
+    get_signal_settings,
+)
 
 settings = get_serving_settings()
-service = build_service(settings, get_aws_settings(), signals=get_signal_settings())
+service = build_service(settings, get_aws_settings(), signals=get_signal_settings(),
+                        async_settings=get_async_settings(),
+                        idempotency_table=get_idempotency_settings().idempotency_table)
 app = create_app(service)
+# GPU submits are idempotent per Idempotency-Key: an in-progress record expires with the invocation.
+gpu_context = getattr(service.gpu, "register_lambda_context", lambda context: None)
 
 
 @metered(logger)  # outermost: times what Lambda bills; logs each inference's cost record
@@ -25,4 +36,5 @@ app = create_app(service)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict, context: object) -> dict:
+    gpu_context(context)
     return app.resolve(event, context)

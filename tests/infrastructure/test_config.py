@@ -115,5 +115,66 @@ class _FakeData:
     registry_table = _Named("registry")
     event_bus = _Named("bus")
     tables = {resources.IDEMPOTENCY_TABLE.id: _Named("idempotency"),
-              resources.SIGNALS_TABLE.id: _Named("signals")}
+              resources.SIGNALS_TABLE.id: _Named("signals"), resources.REQUESTS_TABLE.id: _Named("requests")}
     queues = {q.id: _Named(q.id) for q in resources.QUEUES}
+
+
+# --- GPU asynchronous inference endpoint ------------------------------------------------------------------
+
+GPU_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/tenantml/mpnet-gpu:2024.1"
+GPU_MODEL = "s3://tenantml-models/models/_shared/mpnet/1/model.tar.gz"
+
+
+def test_gpu_endpoint_is_off_without_its_context_and_has_safe_defaults():
+    config = load_config(REQUIRED)
+    assert not config.gpu_enabled
+    assert config.gpu_image_uri is None and config.gpu_model_data_url is None
+    assert config.gpu_instance_type == "ml.g5.xlarge"
+    assert (config.gpu_max_instances, config.gpu_max_concurrent_invocations,
+            config.gpu_backlog_per_instance_target) == (1, 4, 5.0)
+    assert not load_config(cdk_json_context()).gpu_enabled   # `cdk synth` out of the box: nothing billable
+
+
+def test_gpu_endpoint_is_on_with_image_and_model_data_and_strings_are_coerced():
+    config = load_config({**REQUIRED, "gpu_image_uri": GPU_IMAGE, "gpu_model_data_url": GPU_MODEL,
+                          "gpu_instance_type": "ml.g6.xlarge", "gpu_max_instances": "2",
+                          "gpu_max_concurrent_invocations": "8", "gpu_backlog_per_instance_target": "2.5"})
+    assert config.gpu_enabled
+    assert (config.gpu_instance_type, config.gpu_max_instances, config.gpu_max_concurrent_invocations,
+            config.gpu_backlog_per_instance_target) == ("ml.g6.xlarge", 2, 8, 2.5)
+    digest = GPU_IMAGE.split(":")[0] + "@sha256:" + "a" * 64
+    assert load_config({**REQUIRED, "gpu_image_uri": digest, "gpu_model_data_url": GPU_MODEL}).gpu_enabled
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ({"gpu_image_uri": "docker.io/library/python:3.12"}, "gpu_image_uri"),                # not ECR
+    ({"gpu_image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mpnet"}, "gpu_image_uri"),  # no tag
+    ({"gpu_image_uri": "12345.dkr.ecr.eu-west-1.amazonaws.com/mpnet:1"}, "gpu_image_uri"),  # account
+    ({"gpu_image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/MPNet:1"}, "gpu_image_uri"),  # case
+    ({"gpu_model_data_url": "https://tenantml-models.s3.amazonaws.com/model.tar.gz"}, "gpu_model_data_url"),
+    ({"gpu_model_data_url": "s3://tenantml-models/models/mpnet/"}, "gpu_model_data_url"),  # not a tar.gz
+    ({"gpu_model_data_url": "s3://tenantml-models/models/*/model.tar.gz"}, "gpu_model_data_url"),  # IAM *
+    ({"gpu_model_data_url": "s3://tenantml-models/${aws:username}/model.tar.gz"}, "gpu_model_data_url"),
+    ({"gpu_model_data_url": "s3://Bad_Bucket/model.tar.gz"}, "gpu_model_data_url"),
+    ({"gpu_instance_type": "g5.xlarge"}, "gpu_instance_type"),
+    ({"gpu_max_instances": 0}, "gpu_max_instances"),
+    ({"gpu_max_concurrent_invocations": 0}, "gpu_max_concurrent_invocations"),
+    ({"gpu_backlog_per_instance_target": 0}, "gpu_backlog_per_instance_target"),
+])
+def test_an_invalid_gpu_value_names_its_context_key(override, key):
+    context = {**REQUIRED, "gpu_image_uri": GPU_IMAGE, "gpu_model_data_url": GPU_MODEL, **override}
+    with pytest.raises(ConfigError) as err:
+        load_config(context)
+    message = str(err.value)
+    assert f"'{key}'" in message and f"-c {key}=" in message
+    assert message.count("context key") == 1, message
+
+
+@pytest.mark.parametrize(("given", "missing"), [("gpu_image_uri", "gpu_model_data_url"),
+                                                ("gpu_model_data_url", "gpu_image_uri")])
+def test_one_gpu_key_without_the_other_names_the_missing_one(given, missing):
+    value = {"gpu_image_uri": GPU_IMAGE, "gpu_model_data_url": GPU_MODEL}[given]
+    with pytest.raises(ConfigError) as err:
+        load_config({**REQUIRED, given: value})
+    message = str(err.value)
+    assert f"context key '{missing}'" in message and given in message and f"-c {missing}=" in message

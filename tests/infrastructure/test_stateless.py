@@ -141,19 +141,29 @@ def _writes(stateless: dict, name: str) -> list[dict]:
             if any(WRITE_ACTION.match(a) for a in as_list(s["Action"]))]
 
 
-def test_inference_reads_registry_and_artifacts_and_writes_only_capture_and_feedback(stateless):
+def _on_tables(statement: dict, *tables: str) -> bool:
+    return all(any(f"Tables{t}" in json.dumps(r) for t in tables) for r in as_list(statement["Resource"]))
+
+
+def test_inference_reads_registry_and_artifacts_and_writes_only_capture_feedback_and_async(stateless):
     granted = actions(_statements(stateless, "inference"))
     assert {"dynamodb:GetItem", "dynamodb:Query"} <= granted
     assert any(a.startswith("s3:GetObject") for a in granted)
     writes = _writes(stateless, "inference")
     put_actions = {"s3:PutObject", "s3:PutObjectLegalHold", "s3:PutObjectRetention", "s3:PutObjectTagging",
                    "s3:PutObjectVersionTagging", "s3:Abort*"}
-    s3_writes = [s for s in writes if not _is_signal_counter(s)]
+    s3_writes = [s for s in writes if any(a.startswith("s3:") for a in as_list(s["Action"]))]
     assert {a for s in s3_writes for a in as_list(s["Action"])} <= put_actions
     for statement in s3_writes:
         for resource in as_list(statement["Resource"]):
-            assert resource["Fn::Join"][1][-1] in ("/capture/*", "/feedback/*"), resource
+            assert resource["Fn::Join"][1][-1] in ("/capture/*", "/feedback/*", "/async/input/*"), resource
     assert [s for s in writes if _is_signal_counter(s)]         # and adds to the rollout signal counters
+    # async (GPU) submits: request items (no deletes) and Idempotency-Key records, nothing else
+    dynamo_writes = [s for s in writes if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
+    for statement in dynamo_writes:
+        assert _is_signal_counter(statement) or _on_tables(statement, "Requests", "Idempotency"), statement
+    (requests,) = [s for s in dynamo_writes if _on_tables(s, "Requests")]
+    assert set(as_list(requests["Action"])) == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
 
 
 def _is_signal_counter(statement: dict) -> bool:
@@ -168,15 +178,18 @@ def test_only_the_registry_and_rollback_functions_write_the_registry(stateless):
     for name in ("inference", "drift_worker"):
         dynamo_writes = [s for s in _writes(stateless, name)
                          if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
-        assert dynamo_writes and all(_is_signal_counter(s) for s in dynamo_writes), name
-    for name in ("authorizer", "publisher", "drift_scheduler"):
+        assert dynamo_writes and all(_is_signal_counter(s) or _on_tables(s, "Requests", "Idempotency")
+                                     for s in dynamo_writes), name
+    for name in ("authorizer", "publisher", "drift_scheduler", "gpu_dispatch", "gpu_result"):
         assert not [s for s in _writes(stateless, name) if "TablesRegistry" in json.dumps(s["Resource"])]
     assert not _writes(stateless, "authorizer")
 
 
 # Which prefixes of the artifact bucket each function may read or write objects under.
 OBJECT_PREFIXES = {
-    "inference": {"/models/*", "/capture/*", "/feedback/*"},   # capture and ground truth for drift checks
+    # capture and ground truth for drift checks; async (GPU) payloads in, answers out
+    "inference": {"/models/*", "/capture/*", "/feedback/*", "/async/input/*", "/async/results/*"},
+    "gpu_result": {"/async/output/*", "/async/failures/*", "/async/results/*"},   # SageMaker's -> tenant's
     "registry": {"/models/*", "/reports/*"},       # reports: GET /admin/models/{model}/drift
     "drift_scheduler": {"/capture/*"},
     "drift_worker": {"/capture/*", "/feedback/*", "/models/*", "/reports/*"},
@@ -320,3 +333,13 @@ def test_the_audit_log_is_append_only_for_every_registry_writer(stateless, name)
                                             "dynamodb:BatchWriteItem"}
     assert deny["Condition"] == {"ForAnyValue:StringLike": {"dynamodb:LeadingKeys": ["T#*#AUDIT"]}}
     assert "TablesRegistry" in json.dumps(deny["Resource"])
+
+
+def test_gpu_dispatch_reads_and_moves_request_items_and_requeues_only(stateless):
+    statements = _statements(stateless, "gpu_dispatch")
+    granted = actions(statements)
+    assert not any(a.startswith("s3:") for a in granted)       # SageMaker reads the payload, not dispatch
+    (requests,) = [s for s in statements if _on_tables(s, "Requests")]
+    assert set(as_list(requests["Action"])) == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    assert "sqs:SendMessage" in granted                          # re-queue a deferred job
+    assert "sagemaker:InvokeEndpointAsync" not in granted        # no endpoint in this synth (no GPU context)

@@ -19,6 +19,10 @@ ARTIFACT_OBJECTS = f"{resources.ARTIFACT_PREFIX}/*"
 CAPTURE_OBJECTS = "capture/*"
 REPORT_OBJECTS = "reports/*"
 FEEDBACK_OBJECTS = "feedback/*"
+ASYNC_INPUT_OBJECTS = "async/input/*"        # tenantml.gpu.requests: the OIP payloads the endpoint reads
+ASYNC_RESULT_OBJECTS = "async/results/*"     # answers copied under their tenant
+ASYNC_OUTPUT_OBJECTS = "async/output/*"      # what SageMaker writes (S3OutputPath)
+ASYNC_FAILURE_OBJECTS = "async/failures/*"   # and its failures (S3FailurePath)
 
 # The action wildcards grant_read writes; each is limited to the artifact bucket / the granted prefix.
 _S3_READ_FINDINGS = {
@@ -187,3 +191,34 @@ class RolloutAccess(Construct):
             return "<{}.{}>".format(*part["Fn::GetAtt"])
 
         return "".join(text(p) for p in resolved["Fn::Join"][1])
+
+
+class AsyncAccess(Construct):
+    """The async (GPU) path. inference: stores payloads (async/input/) and request items, keeps its
+    Idempotency-Key records, enqueues dispatch jobs, reads answers (async/results/). gpu_dispatch: reads
+    and moves request items, re-queues deferred jobs, invokes the endpoint (when one is deployed).
+    gpu_result: reads SageMaker's answers and failures, writes answers under their tenant, moves request
+    items. Request items: GetItem, PutItem (inference only), UpdateItem; never Scan, Query or Delete."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, inference: PlatformFunction,
+                 dispatch: PlatformFunction, result: PlatformFunction, data: PlatformData,
+                 endpoint: Any = None) -> None:
+        super().__init__(scope, construct_id)
+        bucket = _ArtifactBucket(data)
+        requests = data.tables[resources.REQUESTS_TABLE.id]
+        requests.grant(inference.function, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
+        data.tables[resources.IDEMPOTENCY_TABLE.id].grant_read_write_data(inference.function)
+        data.queues["gpu-requests"].grant_send_messages(inference.function)
+        bucket.put(inference, ASYNC_INPUT_OBJECTS, "async request payloads, under their tenant")
+        bucket.read(inference, ASYNC_RESULT_OBJECTS, "GET /v2/requests/{id}: the caller tenant's answers")
+
+        requests.grant(dispatch.function, "dynamodb:GetItem", "dynamodb:UpdateItem")
+        data.queues["gpu-requests"].grant_send_messages(dispatch.function)
+        if endpoint is not None:
+            endpoint.grant_invoke(dispatch.function)
+
+        requests.grant(result.function, "dynamodb:GetItem", "dynamodb:UpdateItem")
+        bucket.read(result, ASYNC_OUTPUT_OBJECTS, "SageMaker's async answers")
+        bucket.read(result, ASYNC_FAILURE_OBJECTS, "SageMaker's async failures (the container's reason)")
+        bucket.put(result, ASYNC_RESULT_OBJECTS, "answers copied under their tenant")
+

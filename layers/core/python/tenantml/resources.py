@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from tenantml import events
 from tenantml.settings import (
+    AsyncSettings,
     AuthSettings,
     AwsSettings,
     DriftSchedulerSettings,
@@ -95,7 +96,18 @@ SIGNALS_TABLE = TableDef(
     purpose="per-version rollout signals (requests, errors, latency, accuracy), 14-day TTL",
 )
 
-TABLES: tuple[TableDef, ...] = (REGISTRY_TABLE, IDEMPOTENCY_TABLE, SIGNALS_TABLE)
+# Async (GPU) requests (tenantml.gpu.requests), under their tenant's partition:
+#   pk = "T#<tenant>"   sk = "R#<request id>"   status, model, version, reason; TTL (async_retention_days)
+REQUESTS_TABLE = TableDef(
+    id="requests",
+    partition_key=KeyAttr("pk"),
+    sort_key=KeyAttr("sk"),
+    ttl_attribute="expires_at",
+    point_in_time_recovery=False,
+    purpose="async (GPU) requests: status, failure reason; answers live in S3 (short-lived, TTL)",
+)
+
+TABLES: tuple[TableDef, ...] = (REGISTRY_TABLE, IDEMPOTENCY_TABLE, SIGNALS_TABLE, REQUESTS_TABLE)
 
 # Model artifacts: models/<tenant>/<model>/<version>/{model.onnx,tokenizer.json,manifest.json,baseline.json}
 ARTIFACT_BUCKET = BucketDef(id="artifacts", versioned=True, purpose="model artifacts and reports")
@@ -234,7 +246,7 @@ ASYNC_KINDS = frozenset({"schedule", "rule", "stream"})   # these get a failure 
 # for the CDK app and for local mode alike.
 
 FunctionName = Literal["authorizer", "inference", "registry", "publisher", "drift_scheduler",
-                       "drift_worker"]
+                       "drift_worker", "rollback", "gpu_dispatch", "gpu_result"]
 API_TIMEOUT_S = 29      # API Gateway's integration timeout: an HTTP function never needs longer
 
 
@@ -276,9 +288,10 @@ ROLLOUT_ALARMS = {"source": ["aws.cloudwatch"], "detail-type": ["CloudWatch Alar
 FUNCTIONS: tuple[FunctionDef, ...] = (
     FunctionDef("authorizer", "verify JWTs and bind the request to a tenant", (AuthSettings,),
                 memory_mb=256, timeout_s=5),
-    FunctionDef("inference", "Open Inference Protocol v2 over REST, CPU ONNX models",
-                (ServingSettings, SignalSettings, AwsSettings, ObservabilitySettings), memory_mb=2048,
-                timeout_s=API_TIMEOUT_S),
+    FunctionDef("inference", "Open Inference Protocol v2 over REST, CPU ONNX models; async submit and "
+                "poll for GPU models",
+                (ServingSettings, SignalSettings, AsyncSettings, IdempotencySettings, AwsSettings,
+                 ObservabilitySettings), memory_mb=2048, timeout_s=API_TIMEOUT_S),
     FunctionDef("registry", "register versions, aliases, rollouts, audit log (admin scope)",
                 (RegistrySettings, SignalSettings, AwsSettings), memory_mb=512, timeout_s=API_TIMEOUT_S),
     FunctionDef("publisher", "publish each committed registry change (audit record) on the event bus",
@@ -303,17 +316,27 @@ FUNCTIONS: tuple[FunctionDef, ...] = (
                                                          "detail-type": ["DriftDetected"]}),
                           RuleTrigger("rollout-changed", {"source": ["tenantml"], "detail-type": [
                               "RolloutStarted", "RolloutCompleted", "RolloutRolledBack"]}))),
+    FunctionDef("gpu_dispatch", "send queued GPU requests to the SageMaker async endpoint (S3 input); "
+                "transient faults re-queued with backoff", (AsyncSettings, RegistrySettings, AwsSettings),
+                memory_mb=256, timeout_s=30, triggers=(SqsTrigger("gpu-requests", batch_size=10),)),
+    FunctionDef("gpu_result", "record each SageMaker async success or error notification once",
+                (AsyncSettings, RegistrySettings, AwsSettings), memory_mb=256, timeout_s=30,
+                triggers=(SqsTrigger("gpu-results", batch_size=10),)),
 )
 
 QUEUES: tuple[QueueDef, ...] = (
     QueueDef("drift-jobs", "one drift check per (tenant, model, version) and window",
              setting="drift_queue_name"),
+    QueueDef("gpu-requests", "one async (GPU) request to send to the SageMaker endpoint",
+             setting="gpu_queue_name"),
+    QueueDef("gpu-results", "SageMaker's success and error notifications (SNS topics subscribed)"),
 )
 
 # Deployment differences, the only ones: on AWS the authorizer fetches the JWKS from a URL and Lambda
 # sets AWS_REGION; locally the JWKS is inline (the dev keys) and every SDK call goes to the emulator.
 AWS_ONLY_VARIABLES = frozenset({"TENANTML_JWKS_URL"})
-LOCAL_ONLY_VARIABLES = frozenset({"TENANTML_JWKS_JSON", "TENANTML_ENDPOINT_URL", "TENANTML_REGION"})
+LOCAL_ONLY_VARIABLES = frozenset({"TENANTML_JWKS_JSON", "TENANTML_ENDPOINT_URL", "TENANTML_REGION",
+                                  "TENANTML_SAGEMAKER_RUNTIME_URL"})
 POWERTOOLS_SERVICE = "tenantml"
 
 
@@ -405,6 +428,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v2/models/{model}/versions/{version}/ready", "inference", scope=READ_SCOPE),
     Route("POST", "/v2/models/{model}/versions/{version}/infer", "inference", scope=READ_SCOPE),
     Route("POST", "/v2/models/{model}/feedback", "inference", scope=FEEDBACK_SCOPE),
+    Route("GET", "/v2/requests/{id}", "inference", scope=READ_SCOPE),
     Route("GET", "/admin/models", "registry", scope=WRITE_SCOPE),
     Route("GET", "/admin/models/{model}/versions", "registry", scope=WRITE_SCOPE),
     Route("POST", "/admin/models/{model}/versions", "registry", scope=WRITE_SCOPE),
@@ -484,5 +508,6 @@ class LocalNames:
             "TENANTML_EVENT_BUS_NAME": self.event_bus,
             "TENANTML_IDEMPOTENCY_TABLE": self.tables[IDEMPOTENCY_TABLE.id],
             "TENANTML_SIGNALS_TABLE": self.tables[SIGNALS_TABLE.id],
+            "TENANTML_REQUESTS_TABLE": self.tables[REQUESTS_TABLE.id],
             **{variable(q.setting): q.local_name(self.prefix) for q in QUEUES if q.setting},
         }

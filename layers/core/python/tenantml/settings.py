@@ -161,6 +161,21 @@ class IdempotencySettings(_Settings):
     idempotency_table: str
 
 
+class AsyncSettings(_Settings):
+    """The async (GPU) path (tenantml.gpu): the requests table, the dispatch queue and the SageMaker
+    endpoint. An empty `gpu_endpoint_name` means none is deployed: GPU models then answer 503 at submit.
+    `sagemaker_runtime_url` is local mode's only: its stand-in for the SageMaker runtime API."""
+
+    requests_table: str
+    gpu_queue_name: str
+    gpu_endpoint_name: str = ""
+    # How long a request may wait for the endpoint (SageMaker's own RequestTTLSeconds maximum: 6 h).
+    gpu_request_timeout_seconds: int = Field(default=21600, ge=60, le=21600)
+    # How long a request's status and answer can be polled.
+    async_retention_days: int = Field(default=7, ge=1, le=365)
+    sagemaker_runtime_url: str | None = None
+
+
 class DriftSettings(_Settings):
     """The drift worker: where capture, baselines and reports live; the smallest window judged."""
 
@@ -241,6 +256,10 @@ def get_serving_settings() -> ServingSettings:
 
 def get_idempotency_settings() -> IdempotencySettings:
     return get_settings(IdempotencySettings)
+
+
+def get_async_settings() -> AsyncSettings:
+    return get_settings(AsyncSettings)
 
 
 def get_drift_settings() -> DriftSettings:

@@ -16,6 +16,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from tenantml.api.body import read_body
 from tenantml.api.context import Caller, caller_from_event
 from tenantml.api.errors import JSON, register_error_handlers
+from tenantml.gpu.submit import IDEMPOTENCY_KEY_HEADER
 from tenantml.observability import logger
 from tenantml.resources import FEEDBACK_SCOPE, READ_SCOPE
 from tenantml.serving.service import InferenceService, Reply
@@ -29,6 +30,15 @@ def _reply(reply: Reply) -> Response:
     """A bytes body (binary tensor data) goes back base64-encoded, which API Gateway turns into bytes."""
     return Response(status_code=reply.status, content_type=reply.content_type, body=reply.body,
                     headers=dict(reply.headers))
+
+
+def base_path(event: dict[str, Any]) -> str:
+    """What the client's URL has before the route's path (the stage, or a custom domain's base path), so
+    a Location header resolves against the URL the client called: `requestContext.path` is the full path
+    (`/v1/v2/models/m/infer`), `path` the route's (`/v2/models/m/infer`)."""
+    full = str((event.get("requestContext") or {}).get("path") or "")
+    path = str(event.get("path") or "")
+    return full[:-len(path)] if path and full.endswith(path) else ""
 
 
 def build_router(service: InferenceService) -> APIGatewayRouter:
@@ -80,10 +90,12 @@ def build_router(service: InferenceService) -> APIGatewayRouter:
 
     def run_infer(model: str, version: str | None) -> Response:
         who = caller()
-        body = read_body(router.current_event.raw_event, max_bytes=service.settings.max_body_bytes)
-        request_id = router.current_event.request_context.request_id
+        event = router.current_event
+        body = read_body(event.raw_event, max_bytes=service.settings.max_body_bytes)
         return _reply(service.infer(who.tenant, model, version, body.data, json_length=body.json_length,
-                                    request_id=request_id, subject=who.sub))
+                                    request_id=event.request_context.request_id, subject=who.sub,
+                                    idempotency_key=event.headers.get(IDEMPOTENCY_KEY_HEADER),
+                                    base_path=base_path(event.raw_event)))
 
     @router.post("/v2/models/<model>/infer")
     def infer(model: str) -> Response:
@@ -92,6 +104,10 @@ def build_router(service: InferenceService) -> APIGatewayRouter:
     @router.post("/v2/models/<model>/versions/<version>/infer")
     def version_infer(model: str, version: str) -> Response:
         return run_infer(model, version)
+
+    @router.get("/v2/requests/<request_id>")
+    def request_status(request_id: str) -> Response:
+        return _reply(service.request_status(tenant(), request_id))
 
     @router.post("/v2/models/<model>/feedback")
     def feedback(model: str) -> Response:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tenantml import SHARED_TENANT, resources
+from tenantml.aws import client as boto_client
 from tenantml.local import provision
 from tenantml.local.apigw import DEFAULT_AUTHORIZER_TTL_S, ApiConfig, ApiGatewayEmulator, ApiServer
 from tenantml.local.context import LocalFunction, handler_path
@@ -63,7 +64,10 @@ REGISTRATIONS: tuple[tuple[str, str], ...] = (
     ("minilm-embed-fp32", SHARED_TENANT),
     ("work-item-classifier", SHARED_TENANT),
     ("project-risk", DEMO_TENANT),
+    ("mpnet-embed", SHARED_TENANT),          # backend gpu: served by the local GPU endpoint stand-in
 )
+GPU_MODEL = "mpnet-embed"                    # what the local GPU endpoint serves (one model, as deployed)
+GPU_ENDPOINT = f"{resources.LOCAL_PREFIX}-gpu"
 # Variables that would point the functions somewhere else than the emulator or the dev keys.
 REMOVED_VARIABLES = (*PROFILE_VARIABLES, "TENANTML_JWKS_URL", "AWS_ENDPOINT_URL")
 
@@ -90,6 +94,7 @@ class Platform:
     events: EventRuntime | None = None
     _env_patch: EnvPatch | None = None
     logs: LogShipper | None = None          # function log lines -> the emulator's CloudWatch Logs
+    gpu: Any = None                         # the GPU endpoint stand-in (tenantml.local.sagemaker), if built
     _log_handler: Any = None
     _stopped: bool = False
 
@@ -134,6 +139,8 @@ class Platform:
         try:
             if self.events is not None:
                 self.events.stop()
+            if self.gpu is not None:
+                self.gpu.stop()
             self.api.stop()
         finally:
             try:
@@ -182,9 +189,33 @@ def process_environment(aws: AwsSettings) -> dict[str, str]:
 
 def function_environment(names: resources.LocalNames, aws: AwsSettings, keys: Any,
                          definitions: Iterable[resources.FunctionDef] = resources.FUNCTIONS,
-                         ) -> dict[str, dict[str, str]]:
-    """Each function's own variables in local mode (keys.auth_env(): the authorizer trusts the dev keys)."""
-    return {fn.name: provision.local_environment(fn, names, aws, keys.auth_env()) for fn in definitions}
+                         extra: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """Each function's own variables in local mode (keys.auth_env(): the authorizer trusts the dev keys;
+    `extra`: more values, such as the GPU endpoint stand-in's)."""
+    auth = {**keys.auth_env(), **(extra or {})}
+    return {fn.name: provision.local_environment(fn, names, aws, auth) for fn in definitions}
+
+
+def gpu_values(runtime_port: int) -> dict[str, str]:
+    """The async path's values locally: the endpoint's name and the SageMaker runtime stand-in's URL."""
+    return {"TENANTML_GPU_ENDPOINT_NAME": GPU_ENDPOINT,
+            "TENANTML_SAGEMAKER_RUNTIME_URL": f"http://127.0.0.1:{runtime_port}"}
+
+
+def start_gpu_endpoint(aws: AwsSettings, names: resources.LocalNames, model_dir: Path, port: int,
+                       root: Path | None = None, **kw: Any) -> Any:
+    """The SageMaker async endpoint stand-in serving `model_dir` (its container starts on the first
+    request: scale from zero), with its SNS topics feeding the gpu-results queue."""
+    from tenantml.local.context import repo_root  # noqa: PLC0415
+    from tenantml.local.sagemaker import ContainerProcess, LocalAsyncEndpoint, provision_topics  # noqa: PLC0415
+
+    sqs = boto_client("sqs", aws)
+    results_url = sqs.get_queue_url(QueueName=f"{names.prefix}-gpu-results")["QueueUrl"]
+    success, error = provision_topics(aws, names.prefix, results_url)
+    container = ContainerProcess(model_dir, root=root or repo_root())
+    bucket = names.buckets[resources.ARTIFACT_BUCKET.id]
+    return LocalAsyncEndpoint(aws, endpoint_name=GPU_ENDPOINT, bucket=bucket, success_topic=success,
+                              error_topic=error, container=container, port=port, **kw).start()
 
 
 def load_functions(env: dict[str, dict[str, str]], root: Path | None = None,
@@ -231,10 +262,11 @@ def _register_all(folders: dict[str, Path], registry: Any, store: Any, say: Say,
 def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127.0.0.1", port: int = 8080,
                    moto_port: int = 5005, build: bool = True, *, home: Path | str = ".tenantml",
                    authorizer_ttl_s: float = DEFAULT_AUTHORIZER_TTL_S, functions_root: Path | None = None,
-                   say: Say = _print) -> Platform:
+                   say: Say = _print, gpu_options: dict[str, Any] | None = None) -> Platform:
     """Start everything (ports 0 pick free ones) and return the running Platform; on any failure what
     was started is stopped again (and the environment restored) before the error propagates.
-    `home` holds the dev keys (home/keys) and the state file (home/local.json)."""
+    `home` holds the dev keys (home/keys) and the state file (home/local.json). `gpu_options`: the GPU
+    endpoint stand-in's (tenantml.local.sagemaker.LocalAsyncEndpoint: autoscale, idle_s, ...)."""
     from tenantml.auth.devkeys import ensure_dev_keys  # noqa: PLC0415
 
     home, models_dir = Path(home), Path(models_dir)
@@ -245,6 +277,7 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
     runtime: EventRuntime | None = None
     shipper: LogShipper | None = None
     log_handler: Any = None
+    gpu: Any = None
     if port and not port_is_free(host, port):  # fail before the slow steps, not after them
         raise OSError(errno.EADDRINUSE, f"API port {host}:{port} is in use")
     try:
@@ -255,7 +288,10 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
         names = resources.LocalNames.make()
         with _step(say, 2, total, "dev keys and function environment"):
             keys = ensure_dev_keys(home / "keys")
-            env = function_environment(names, aws, keys)
+            from tenantml.local.sagemaker import free_port  # noqa: PLC0415
+
+            gpu_port = free_port()
+            env = function_environment(names, aws, keys, extra=gpu_values(gpu_port))
             # From here on the process has dummy credentials: nothing in it can reach a real account.
             # No TENANTML_* variable stays process-wide: each function gets its own (function_environ).
             env_patch = EnvPatch(process_environment(aws), remove=REMOVED_VARIABLES,
@@ -286,6 +322,12 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
             runtime.start()
         with _step(say, 6, total, "register models"):
             registered = register_models(folders, aws, names, say)
+            gpu_dir = folders.get(GPU_MODEL)
+            if gpu_dir is not None and (gpu_dir / "manifest.json").is_file():
+                gpu = start_gpu_endpoint(aws, names, gpu_dir, gpu_port, functions_root and
+                                         functions_root.parent, **(gpu_options or {}))
+                say(f"      GPU endpoint stand-in {gpu.url} serves {GPU_MODEL} (0 instances: its container "
+                    "starts on the first request)")
         with _step(say, 7, total, "API Gateway emulator"):
             for fn in functions.values():
                 try:  # cold starts now, with the environment set, not on the first request
@@ -300,11 +342,14 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
             say(f"      {api.base_url} (stage prefix /{emulator.config.stage} optional)")
         platform = Platform(moto=moto, api=api, keys=keys, names=names, aws=aws, env=env,
                             models_dir=models_dir, state_file=home / STATE_FILE.name, registered=registered,
-                            events=runtime, _env_patch=env_patch, logs=shipper, _log_handler=log_handler)
+                            events=runtime, _env_patch=env_patch, logs=shipper, _log_handler=log_handler,
+                            gpu=gpu)
         platform.state_file.parent.mkdir(parents=True, exist_ok=True)
         platform.state_file.write_text(json.dumps(platform.state(), indent=2) + "\n")
         return platform
     except BaseException:
+        if gpu is not None:
+            gpu.stop()
         if runtime is not None:
             runtime.stop()
         if api is not None:

@@ -45,7 +45,8 @@ def create_queues(aws: AwsSettings, prefix: str, queues: Sequence[resources.Queu
     """Create each queue with its DLQ, and each function's failure queue; returns queue id -> URL
     (DLQs under "<id>-dlq")."""
     sqs = client("sqs", aws)
-    timeouts = consumer_timeouts(functions)
+    # the declared consumers' timeouts, so a queue is created alike whichever functions are passed
+    timeouts = {**consumer_timeouts(resources.FUNCTIONS), **consumer_timeouts(functions)}
     urls: dict[str, str] = {}
     for queue in (*queues, *resources.failure_queues(functions)):
         dlq_url = sqs.create_queue(QueueName=queue.dlq_local_name(prefix),

@@ -421,6 +421,35 @@ def metered(logger: Any, *, tenant_of: Callable[[Any], str] = _tenant_of,
     return decorate
 
 
+# --- GPU inferences ---------------------------------------------------------------------------------------
+# The GPU endpoint bills instance time, not requests. Each completed async request logs (gpu_result) the
+# compute time the container apportioned to it within its batch; a tenant's share of the endpoint's
+# instance time over a period is its share of that compute time (tenantml.monitoring.cost.apportion).
+
+GPU_MESSAGE = "gpu inference cost"
+
+
+def gpu_cost_record(logger: Any) -> Callable[[Any, float | None], None]:
+    """gpu_result's hook: log one record per completed request (tenant, model, version, rows, compute_ms)."""
+    def record(request: Any, compute_ms: float | None) -> None:
+        logger.info(GPU_MESSAGE, extra={"tenant": request.tenant, "model": request.model,
+                                        "version": request.version, "rows": int(request.rows),
+                                        "compute_ms": float(compute_ms or 0.0)})
+    return record
+
+
+def apportion(compute_ms: Mapping[tuple[str, str, str], float], instance_seconds: float,
+              price_per_hour: float) -> dict[tuple[str, str, str], float]:
+    """Each (tenant, model, version)'s USD share of `instance_seconds` of GPU time at `price_per_hour`,
+    by its share of the compute time. Idle instance time (scale-in cooldown, cold start) is shared the same
+    way: someone's traffic kept the instance up."""
+    total = sum(compute_ms.values())
+    cost = instance_seconds / 3600 * price_per_hour
+    if total <= 0:
+        return {k: 0.0 for k in compute_ms}
+    return {k: cost * v / total for k, v in compute_ms.items()}
+
+
 # --- `tenantml cost` -------------------------------------------------------------------------------------
 
 

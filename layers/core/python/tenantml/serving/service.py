@@ -24,7 +24,7 @@ import numpy as np
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from tenantml import SHARED_TENANT, __version__
-from tenantml.errors import BadRequest, ModelNotFound, ModelUnavailable, TenantMLError
+from tenantml.errors import BadRequest, ModelNotFound, ModelUnavailable, NotFound, TenantMLError
 from tenantml.manifest import NAME_RE, TENANT_RE, VERSION_RE
 from tenantml.monitoring.cost import note_inference
 from tenantml.observability import NAMESPACE, logger, metrics
@@ -33,7 +33,7 @@ from tenantml.serving import oip
 from tenantml.serving.cache import CachingRegistry, PredictionCache
 from tenantml.serving.capture import CaptureSink, capture_columns
 from tenantml.serving.runtime import EmbeddingModel, HeadModel, LoadedModel, ModelRuntime
-from tenantml.settings import AwsSettings, ServingSettings, SignalSettings
+from tenantml.settings import AsyncSettings, AwsSettings, ServingSettings, SignalSettings
 
 if TYPE_CHECKING:
     from tenantml.rollout.signals import SignalRecorder
@@ -64,19 +64,30 @@ class Reply:
 
 
 class GpuBackend(Protocol):
-    """Models whose manifest says `backend: gpu` are served by the SageMaker async endpoint."""
+    """Models whose manifest says `backend: gpu` are served by the SageMaker async endpoint
+    (tenantml.gpu.submit.AsyncSubmitter): submit answers (status, body, headers); `status` is the poll."""
 
-    def submit(self, tenant: str, mv: ModelVersion, request: oip.InferRequest) -> Reply: ...
+    def submit(self, tenant: str, mv: ModelVersion, request: oip.InferRequest,
+               tensors: Mapping[str, oip.Tensor], *, request_id: str | None = None,
+               idempotency_key: str | None = None, base_path: str = "") -> tuple[int, dict[str, Any],
+                                                                                  dict[str, str]]: ...
+
+    def status(self, tenant: str, request_id: str) -> tuple[int, str, dict[str, str]]: ...
 
 
 class GpuNotConfigured:
-    """The seam until async GPU submit lands: 503 with Retry-After (the model exists, it cannot run here)."""
+    """No GPU endpoint is deployed (no image/model context given to the CDK app): a GPU model exists but
+    cannot run, 503 with Retry-After; no request was ever accepted, so every poll is a 404."""
 
     retry_after = 60
 
-    def submit(self, tenant: str, mv: ModelVersion, request: oip.InferRequest) -> Reply:
-        raise ModelUnavailable(retry_after=self.retry_after,
-                               detail="gpu backend: async submit is not enabled")
+    def submit(self, tenant: str, mv: ModelVersion, request: oip.InferRequest,
+               tensors: Mapping[str, oip.Tensor], **_: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        raise ModelUnavailable("no GPU endpoint is deployed for this model", retry_after=self.retry_after,
+                               detail="gpu backend not configured")
+
+    def status(self, tenant: str, request_id: str) -> tuple[int, str, dict[str, str]]:
+        raise NotFound(f"request '{request_id[:64]}' not found")
 
 
 class InferenceService:
@@ -143,17 +154,22 @@ class InferenceService:
         """Loads the model (a warm-up call); 503 if its artifacts cannot be loaded or it runs on the GPU."""
         mv = self.resolve(tenant, model, version)
         self._bind(mv)
-        if mv.manifest.backend == "gpu":
-            raise ModelUnavailable(retry_after=GpuNotConfigured.retry_after, detail="gpu backend")
+        if mv.manifest.backend == "gpu":   # served by the endpoint, which scales out on demand
+            if isinstance(self.gpu, GpuNotConfigured):
+                raise ModelUnavailable("no GPU endpoint is deployed for this model",
+                                       retry_after=GpuNotConfigured.retry_after, detail="gpu backend")
+            return {"name": model, "ready": True}
         self._load(mv)
         return {"name": model, "ready": True}
 
     # --- inference -------------------------------------------------------------------------------
 
     def infer(self, tenant: str, model: str, version: str | None, body: str | bytes | None, *,
-              json_length: int | None = None, request_id: str | None = None, subject: str = "") -> Reply:
+              json_length: int | None = None, request_id: str | None = None, subject: str = "",
+              idempotency_key: str | None = None, base_path: str = "") -> Reply:
         """`json_length`: the Inference-Header-Content-Length header (binary tensor data extension);
-        `subject`: the caller within the tenant (the token's `sub`), what a rollout routes by."""
+        `subject`: the caller within the tenant (the token's `sub`), what a rollout routes by;
+        `idempotency_key`, `base_path` (the stage prefix of the Location header): GPU models' submits."""
         t0 = time.perf_counter()
         parsed = oip.parse_request(body, max_bytes=self.settings.max_body_bytes, json_length=json_length)
         request = parsed.request
@@ -167,12 +183,13 @@ class InferenceService:
         t_served = time.perf_counter()      # a version's latency: from here (lookups are the platform's)
         self._bind(mv)
         manifest = mv.manifest
-        if manifest.backend == "gpu":
-            reply = self.gpu.submit(tenant, mv, request)
-            note_inference(mv.model, mv.version, request.inputs[0].shape[0])    # the submit's own cost
-            return reply
         tensors = oip.decode_inputs(request, manifest.inputs, max_batch=self.settings.max_batch,
                                     binary=parsed.binary)
+        if manifest.backend == "gpu":
+            status, answer, headers = self.gpu.submit(tenant, mv, request, tensors, request_id=request_id,
+                                                      idempotency_key=idempotency_key, base_path=base_path)
+            note_inference(mv.model, mv.version, next(iter(tensors.values())).rows)  # the submit's own cost
+            return Reply(json.dumps(answer, separators=(",", ":")), status=status, headers=headers)
         selected = oip.requested_outputs(request, manifest.outputs)
         binary = request.binary_outputs(selected or [s.name for s in manifest.outputs])
         rows = next(iter(tensors.values())).rows
@@ -212,6 +229,11 @@ class InferenceService:
             return Reply(body_out)
         return Reply(body_out, headers={oip.HEADER_LENGTH: str(header_length)},
                      content_type="application/octet-stream")
+
+    def request_status(self, tenant: str, request_id: str) -> Reply:
+        """GET /v2/requests/{id}: an async (GPU) request of the caller's tenant; 404 for any other id."""
+        status, body, headers = self.gpu.status(tenant, request_id)
+        return Reply(body, status=status, headers=headers)
 
     # --- rollouts --------------------------------------------------------------------------------
 
@@ -539,9 +561,17 @@ def preload_entries(settings: ServingSettings) -> list[str]:
 
 def build_service(settings: ServingSettings, aws: AwsSettings, *, registry: Registry | None = None,
                   store: ArtifactStore | None = None, gpu: GpuBackend | None = None,
-                  signals: SignalSettings | None = None) -> InferenceService:
+                  signals: SignalSettings | None = None, async_settings: AsyncSettings | None = None,
+                  idempotency_table: str | None = None) -> InferenceService:
     """The service from settings: AWS adapters created lazily, `preload_models` loaded now (init: what
-    SnapStart snapshots, so it must finish before init ends)."""
+    SnapStart snapshots, so it must finish before init ends). With `async_settings` naming an endpoint,
+    GPU models are submitted to it (tenantml.gpu); without, they answer 503."""
+    if gpu is None and async_settings is not None and async_settings.gpu_endpoint_name:
+        from tenantml.gpu import wiring  # noqa: PLC0415 - only where an endpoint is deployed
+
+        a = async_settings
+        gpu = wiring.LazySubmitter(lambda: wiring.submitter(a, bucket=settings.artifact_bucket,
+                                                            idempotency_table=idempotency_table, aws=aws))
     writer = _LazyCaptureWriter(settings.artifact_bucket, aws)
     capture = CaptureSink(writer, max_rows=settings.capture_max_rows, max_age_s=settings.capture_max_seconds,
                           on_failure=capture_failed, text_memo_size=settings.prediction_cache_size,

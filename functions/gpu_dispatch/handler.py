@@ -1,0 +1,34 @@
+"""GPU dispatch (SQS gpu-requests, partial batch failures, DLQ after 5 receives): each message is one
+queued async request; it is sent to the SageMaker async endpoint with its S3 payload. Transient faults
+re-queue the job with backoff (the message's receive budget is untouched); a request's own fault is a
+batch item failure, and at the last receive its request is marked failed (tenantml.gpu.dispatch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+from tenantml.gpu.submit import DispatchJob
+from tenantml.gpu.wiring import dispatcher
+from tenantml.observability import logger, metrics
+from tenantml.settings import get_async_settings, get_aws_settings, get_registry_settings
+
+dispatch = dispatcher(get_async_settings(), bucket=get_registry_settings().artifact_bucket,
+                      aws=get_aws_settings())
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+def record_handler(record: Any) -> str:
+    job = DispatchJob.model_validate_json(record.body)
+    logger.append_keys(tenant=job.tenant, request_id=job.request_id)
+    receives = int(record.attributes.approximate_receive_count or 1)
+    return dispatch.handle(job, receives).verdict
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                    context=context)
