@@ -85,6 +85,21 @@ def log(event: str, **fields: Any) -> None:
         sys.stdout.flush()
 
 
+# What an instance's time is counted by (tenantml.monitoring.cost: GPU instance time apportioned to
+# tenants): one line per interval while the container serves, in the endpoint's CloudWatch log group.
+HEARTBEAT = "instance_heartbeat"
+ENV_HEARTBEAT = "TENANTML_GPU_HEARTBEAT_SECONDS"
+
+
+def heartbeat_seconds(env: Mapping[str, str] | None = None) -> float:
+    raw = ((os.environ if env is None else env).get(ENV_HEARTBEAT) or "").strip()
+    try:
+        value = float(raw) if raw else 60.0
+    except ValueError:
+        value = 60.0
+    return min(max(value, 0.1), 3600.0)
+
+
 # --- settings -------------------------------------------------------------------------------------
 
 
@@ -462,7 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.server_address[:2]
     log("ready", message="tenantml gpu endpoint ready", url=f"http://{host}:{port}", port=port,
         batching=settings.batch.describe(), **app.model.info.describe())
-    stopping.wait()
+    beat = heartbeat_seconds()
+    while not stopping.wait(beat):
+        log(HEARTBEAT, interval_s=beat)
     stop(server, app)
     log("stopped", **(app.batcher.stats() if app.batcher else {}))
     return 0

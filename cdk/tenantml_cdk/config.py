@@ -95,9 +95,12 @@ class AppConfig(BaseModel):
     gpu_instance_type: str = Field(default="ml.g5.xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
     # Upper bounds guard against a typo in a billable value; raise them deliberately.
     gpu_max_instances: int = Field(default=1, ge=1, le=10, description="autoscaling maximum (minimum is 0)")
-    gpu_max_concurrent_invocations: int = Field(default=4, ge=1, le=1000,
+    # 32: the container's dynamic batcher groups up to 32 rows (gpu_endpoint/batching.py), and it can only
+    # group requests SageMaker sends it concurrently; SageMaker's default (4) would cap every batch at 4.
+    gpu_max_concurrent_invocations: int = Field(default=32, ge=1, le=1000,
                                                 description="MaxConcurrentInvocationsPerInstance")
-    gpu_backlog_per_instance_target: float = Field(default=5.0, gt=0, le=1000,
+    # ApproximateBacklogSize counts requests queued AND in flight: one more full batch per instance.
+    gpu_backlog_per_instance_target: float = Field(default=32.0, gt=0, le=1000,
                                                    description="target ApproximateBacklogSizePerInstance")
 
     @field_validator("jwks_url")

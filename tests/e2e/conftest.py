@@ -77,8 +77,10 @@ def platform(local_home: Path) -> Iterator[Any]:
     from tenantml.local.platform import start_platform
 
     lines: list[str] = []
+    # the GPU container's instance heartbeat every second (10 s in `tenantml local`): `tenantml cost` sees
+    # GPU instance time within the suite
     plat = start_platform(MODELS_DIR, host="127.0.0.1", port=0, moto_port=0, build=True, home=local_home,
-                          functions_root=ROOT, say=lines.append)
+                          functions_root=ROOT, say=lines.append, gpu_options={"heartbeat_seconds": 1})
     try:
         yield plat
     finally:

@@ -116,3 +116,28 @@ def test_bad_input_for_a_gpu_model_is_a_400_at_submit(client, acme, gpu):
     r = client.post(f"/v2/models/{MODEL}/infer", token=acme,
                     body={"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]})
     assert r.status == 400 and "error" in r.json()
+
+
+def test_tenantml_cost_apportions_the_gpu_instance_time_by_compute(client, platform, gpu, cli):
+    """After the requests above: the GPU section of `tenantml cost` has acme's mpnet-embed requests with
+    their compute time, and the container's heartbeats as instance time, priced and apportioned."""
+    globex = platform.token("globex", ["models:read"])
+    r = client.post(f"/v2/models/{MODEL}/infer", token=globex, body=body(["a globex request", "and another"]))
+    assert poll(client, globex, r.headers["Location"])[0].status == 200
+    deadline = time.monotonic() + 30
+    while True:
+        platform.logs.flush()
+        out = cli("cost", "--json", "--hours", "1")
+        assert out.returncode == 0, out.stderr
+        gpu_cost = json.loads(out.stdout)["gpu"]
+        tenants = {g["tenant"] for g in gpu_cost["groups"]}
+        if {"acme", "globex"} <= tenants and gpu_cost["instance_seconds"] > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    groups = {g["tenant"]: g for g in gpu_cost["groups"]}
+    assert {"acme", "globex"} <= set(groups) and gpu_cost["instance_seconds"] > 0
+    assert groups["globex"]["inferences"] == 1 and groups["globex"]["rows"] == 2
+    assert groups["acme"]["inferences"] >= 3
+    assert all(g["model"] == MODEL and g["compute_ms"] > 0 for g in groups.values())
+    assert abs(sum(g["cost_usd"] for g in groups.values()) - gpu_cost["cost_usd"]) < 1e-9
+    assert abs(sum(g["share"] for g in groups.values()) - 1) < 1e-9

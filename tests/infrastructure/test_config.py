@@ -131,7 +131,7 @@ def test_gpu_endpoint_is_off_without_its_context_and_has_safe_defaults():
     assert config.gpu_image_uri is None and config.gpu_model_data_url is None
     assert config.gpu_instance_type == "ml.g5.xlarge"
     assert (config.gpu_max_instances, config.gpu_max_concurrent_invocations,
-            config.gpu_backlog_per_instance_target) == (1, 4, 5.0)
+            config.gpu_backlog_per_instance_target) == (1, 32, 32.0)
     assert not load_config(cdk_json_context()).gpu_enabled   # `cdk synth` out of the box: nothing billable
 
 

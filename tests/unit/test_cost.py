@@ -290,3 +290,44 @@ def test_billed_duration_is_rounded_up_to_the_millisecond_at_least_one():
     assert cost.billed_ms(0.004) == 4
     assert cost.billed_ms(0.0040002) == 5
     assert cost.billed_ms(1.2345) == 1235
+
+
+# --- GPU endpoint: instance time apportioned by compute time ---------------------------------------------
+
+
+def _gpu_line(tenant: str, model: str, rows: int, compute_ms: float, version: str = "1") -> str:
+    return "INFO " + json.dumps({"message": cost.GPU_MESSAGE, "tenant": tenant, "model": model,
+                                 "version": version, "rows": rows, "compute_ms": compute_ms})
+
+
+def _beat(interval_s: float = 60) -> str:
+    return json.dumps({"ts": 1.0, "event": cost.HEARTBEAT_EVENT, "interval_s": interval_s})
+
+
+def test_gpu_instance_time_is_apportioned_by_each_groups_compute_time_by_hand():
+    records = [{"timestamp": 1000, "message": _gpu_line("acme", "mpnet-embed", 2, 30.0)},
+               {"timestamp": 2000, "message": _gpu_line("acme", "mpnet-embed", 1, 10.0)},
+               {"timestamp": 3000, "message": _gpu_line("globex", "mpnet-embed", 4, 60.0)},
+               {"timestamp": 4000, "message": "a line that is not a record"},
+               {"timestamp": 9000, "message": _gpu_line("initech", "mpnet-embed", 1, 99.0)}]   # outside
+    beats = [{"timestamp": t, "message": _beat()} for t in (1000, 2000, 3000)] + \
+            [{"timestamp": 9500, "message": _beat()},
+             {"timestamp": 1500, "message": json.dumps({"event": "ready"})}]
+    summary = cost.gpu_summary(records, beats, price_per_hour=3.6, start_ms=0, end_ms=5000)
+    # 180 instance-seconds at 3.6 USD/h = 0.18 USD; acme used 40 of 100 compute ms, globex 60
+    assert summary.instance_seconds == 180 and summary.cost_usd == pytest.approx(0.18)
+    by = {g["tenant"]: g for g in summary.groups}
+    assert set(by) == {"acme", "globex"}
+    assert by["acme"]["inferences"] == 2 and by["acme"]["rows"] == 3 and by["acme"]["compute_ms"] == 40
+    assert by["acme"]["cost_usd"] == pytest.approx(0.072) and by["globex"]["cost_usd"] == pytest.approx(0.108)
+    assert by["acme"]["cost_per_1000_usd"] == pytest.approx(0.072 / 2 * 1000)
+    assert [g["tenant"] for g in summary.groups] == ["globex", "acme"]      # most expensive first
+    text = cost.format_gpu(summary)
+    assert "180 instance-seconds" in text and "globex" in text.splitlines()[3]
+
+
+def test_no_compute_means_no_share_and_idle_time_is_still_reported():
+    summary = cost.gpu_summary([], [{"timestamp": 1, "message": _beat(10)}], price_per_hour=1.0)
+    assert summary.instance_seconds == 10 and summary.groups == []
+    assert cost.apportion({("a", "m", "1"): 0.0}, 100, 1.0) == {("a", "m", "1"): 0.0}
+    assert "(no GPU inferences in this period)" in cost.format_gpu(summary)

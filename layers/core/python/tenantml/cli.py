@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--log-group", default=None,
                     help="the inference function's log group (default: TENANTML_COST_LOG_GROUP, else the "
                          "running `make local`)")
+    co.add_argument("--gpu-log-groups", nargs=2, metavar=("RESULT_GROUP", "ENDPOINT_GROUP"), default=None,
+                    help="GPU models: gpu_result's log group and the endpoint's (/aws/sagemaker/Endpoints/"
+                         "<name>) (default: TENANTML_COST_GPU_RESULT_LOG_GROUP and "
+                         "TENANTML_COST_GPU_ENDPOINT_LOG_GROUP, else the running `make local`'s)")
     co.add_argument("--json", action="store_true", help="print the summary as JSON")
     co.set_defaults(func=_lazy("tenantml.monitoring.cost:cost_command"))
 

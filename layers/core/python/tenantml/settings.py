@@ -214,6 +214,12 @@ class CostSettings(_Settings):
     cost_gb_second_usd_arm64: float = Field(default=0.0000133334, ge=0)
     cost_request_usd: float = Field(default=0.0000002, ge=0)
     cost_log_group: str | None = None
+    # The GPU endpoint (tenantml.monitoring.cost.gpu_summary): its instance price (default: ml.g5.xlarge
+    # on-demand hosting, about 1.41 USD/h in us-east-1 in late 2025: set what you pay), gpu_result's log
+    # group (stack output GpuResultLogGroupName) and the endpoint's (/aws/sagemaker/Endpoints/<name>).
+    cost_gpu_instance_usd_per_hour: float = Field(default=1.41, ge=0)
+    cost_gpu_result_log_group: str | None = None
+    cost_gpu_endpoint_log_group: str | None = None
 
 
 _cache: dict[tuple[type, tuple[tuple[str, str], ...]], Any] = {}

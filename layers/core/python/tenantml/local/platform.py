@@ -202,17 +202,31 @@ def gpu_values(runtime_port: int) -> dict[str, str]:
             "TENANTML_SAGEMAKER_RUNTIME_URL": f"http://127.0.0.1:{runtime_port}"}
 
 
+GPU_LOG_GROUP = f"/aws/sagemaker/Endpoints/{GPU_ENDPOINT}"
+GPU_HEARTBEAT_SECONDS = "10"     # the container's instance heartbeat locally (60 s deployed): `tenantml cost`
+
+
 def start_gpu_endpoint(aws: AwsSettings, names: resources.LocalNames, model_dir: Path, port: int,
-                       root: Path | None = None, **kw: Any) -> Any:
+                       root: Path | None = None, shipper: LogShipper | None = None, **kw: Any) -> Any:
     """The SageMaker async endpoint stand-in serving `model_dir` (its container starts on the first
-    request: scale from zero), with its SNS topics feeding the gpu-results queue."""
+    request: scale from zero), with its SNS topics feeding the gpu-results queue; the container's log
+    lines go to the endpoint's log group in the emulator, as SageMaker sends them to CloudWatch Logs."""
     from tenantml.local.context import repo_root  # noqa: PLC0415
     from tenantml.local.sagemaker import ContainerProcess, LocalAsyncEndpoint, provision_topics  # noqa: PLC0415
 
     sqs = boto_client("sqs", aws)
     results_url = sqs.get_queue_url(QueueName=f"{names.prefix}-gpu-results")["QueueUrl"]
     success, error = provision_topics(aws, names.prefix, results_url)
-    container = ContainerProcess(model_dir, root=root or repo_root())
+    on_line = None
+    if shipper is not None:
+        shipper.prepare([GPU_LOG_GROUP])
+
+        def on_line(line: str) -> None:
+            shipper.put(GPU_LOG_GROUP, "AllTraffic/local-instance", int(time.time() * 1000), line)
+
+    heartbeat = str(kw.pop("heartbeat_seconds", GPU_HEARTBEAT_SECONDS))
+    container = ContainerProcess(model_dir, root=root or repo_root(), on_line=on_line,
+                                 env={"TENANTML_GPU_HEARTBEAT_SECONDS": heartbeat})
     bucket = names.buckets[resources.ARTIFACT_BUCKET.id]
     return LocalAsyncEndpoint(aws, endpoint_name=GPU_ENDPOINT, bucket=bucket, success_topic=success,
                               error_topic=error, container=container, port=port, **kw).start()
@@ -324,8 +338,8 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
             registered = register_models(folders, aws, names, say)
             gpu_dir = folders.get(GPU_MODEL)
             if gpu_dir is not None and (gpu_dir / "manifest.json").is_file():
-                gpu = start_gpu_endpoint(aws, names, gpu_dir, gpu_port, functions_root and
-                                         functions_root.parent, **(gpu_options or {}))
+                gpu = start_gpu_endpoint(aws, names, gpu_dir, gpu_port, functions_root, shipper,
+                                         **(gpu_options or {}))
                 say(f"      GPU endpoint stand-in {gpu.url} serves {GPU_MODEL} (0 instances: its container "
                     "starts on the first request)")
         with _step(say, 7, total, "API Gateway emulator"):

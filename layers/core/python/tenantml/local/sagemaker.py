@@ -68,10 +68,14 @@ class ContainerProcess:
     """The gpu_endpoint container as a local process on CPU (`python -m gpu_endpoint.server`)."""
 
     def __init__(self, model_dir: Path, *, root: Path, port: int | None = None,
-                 start_timeout_s: float = 120.0) -> None:
+                 start_timeout_s: float = 120.0, on_line: Callable[[str], None] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """`on_line`: each line the container logs (SageMaker sends them to the endpoint's CloudWatch log
+        group; local mode ships them to the emulator's)."""
         self.model_dir, self.root = model_dir, root
         self.port = port or free_port()
         self.start_timeout_s = start_timeout_s
+        self._on_line, self._env = on_line, env or {}
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,11 +89,14 @@ class ContainerProcess:
     def start(self) -> None:
         if self.running:
             return
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.root), *sys.path])}
+        env = {**os.environ, **self._env, "PYTHONPATH": os.pathsep.join([str(self.root), *sys.path])}
         self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "gpu_endpoint.server", "--model-dir", str(self.model_dir),
              "--port", str(self.port)], cwd=self.root, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.PIPE if self._on_line else subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        if self._on_line is not None:
+            threading.Thread(target=self._forward, args=(self._proc,), name="gpu-container-log",
+                             daemon=True).start()
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -103,6 +110,16 @@ class ContainerProcess:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"the GPU container did not answer /ping within {self.start_timeout_s:.0f} s")
+
+    def _forward(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None and self._on_line is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line:
+                try:
+                    self._on_line(line)
+                except Exception:  # noqa: BLE001 - logging never stops the container
+                    log.debug("container log line dropped", exc_info=True)
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -129,7 +146,7 @@ class LocalAsyncEndpoint:
     """The stand-in (see the module docstring). `start()` serves the runtime API on `url`."""
 
     def __init__(self, aws: AwsSettings, *, endpoint_name: str, bucket: str, success_topic: str,
-                 error_topic: str, container: ContainerProcess | Any, max_concurrency: int = 4,
+                 error_topic: str, container: ContainerProcess | Any, max_concurrency: int = 32,
                  autoscale: bool = True, idle_s: float = 300.0, invocation_timeout_s: float = 60.0,
                  port: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.aws, self.endpoint_name, self.bucket = aws, endpoint_name, bucket

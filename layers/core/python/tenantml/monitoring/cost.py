@@ -312,11 +312,12 @@ def summarize(events: Iterable[Mapping[str, Any]], prices: Prices, start_ms: int
     return summary
 
 
-def read_events(logs: Any, log_group: str, start_ms: int, end_ms: int) -> Iterator[dict[str, Any]]:
-    """The log group's cost records in [start_ms, end_ms) with FilterLogEvents (every page); `logs` is a
-    CloudWatch Logs client."""
+def read_events(logs: Any, log_group: str, start_ms: int, end_ms: int,
+                pattern: str = FILTER_PATTERN) -> Iterator[dict[str, Any]]:
+    """The log group's cost records (events matching `pattern`) in [start_ms, end_ms) with
+    FilterLogEvents (every page); `logs` is a CloudWatch Logs client."""
     kwargs: dict[str, Any] = {"logGroupName": log_group, "startTime": start_ms, "endTime": end_ms - 1,
-                              "filterPattern": FILTER_PATTERN}
+                              "filterPattern": pattern}
     while True:
         page = logs.filter_log_events(**kwargs)
         yield from page.get("events", [])
@@ -423,10 +424,16 @@ def metered(logger: Any, *, tenant_of: Callable[[Any], str] = _tenant_of,
 
 # --- GPU inferences ---------------------------------------------------------------------------------------
 # The GPU endpoint bills instance time, not requests. Each completed async request logs (gpu_result) the
-# compute time the container apportioned to it within its batch; a tenant's share of the endpoint's
-# instance time over a period is its share of that compute time (tenantml.monitoring.cost.apportion).
+# compute time the container apportioned to it within its batch; every instance of the endpoint logs a
+# heartbeat per interval while it serves (gpu_endpoint.server, in /aws/sagemaker/Endpoints/<endpoint>).
+# A tenant's share of the instance time over a period is its share of the compute time (`gpu_summary`):
+# idle time (scale-in cooldown, a cold start) is shared the same way, since someone's traffic kept the
+# instance up. Cost per 1000 inferences = the share / the group's completed requests * 1000.
 
 GPU_MESSAGE = "gpu inference cost"
+GPU_FILTER_PATTERN = f'{{ $.message = "{GPU_MESSAGE}" }}'
+HEARTBEAT_EVENT = "instance_heartbeat"           # gpu_endpoint.server.HEARTBEAT
+HEARTBEAT_FILTER_PATTERN = f'{{ $.event = "{HEARTBEAT_EVENT}" }}'
 
 
 def gpu_cost_record(logger: Any) -> Callable[[Any, float | None], None]:
@@ -441,13 +448,87 @@ def gpu_cost_record(logger: Any) -> Callable[[Any, float | None], None]:
 def apportion(compute_ms: Mapping[tuple[str, str, str], float], instance_seconds: float,
               price_per_hour: float) -> dict[tuple[str, str, str], float]:
     """Each (tenant, model, version)'s USD share of `instance_seconds` of GPU time at `price_per_hour`,
-    by its share of the compute time. Idle instance time (scale-in cooldown, cold start) is shared the same
-    way: someone's traffic kept the instance up."""
+    by its share of the compute time."""
     total = sum(compute_ms.values())
     cost = instance_seconds / 3600 * price_per_hour
     if total <= 0:
         return {k: 0.0 for k in compute_ms}
     return {k: cost * v / total for k, v in compute_ms.items()}
+
+
+def _json_line(message: str) -> dict[str, Any] | None:
+    start = message.find("{")
+    if start < 0:
+        return None
+    try:
+        value = json.loads(message[start:])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class GpuCost(NamedTuple):
+    instance_seconds: float
+    price_per_hour: float
+    groups: list[dict[str, Any]]        # tenant, model, version, inferences, rows, compute_ms, cost_usd, ...
+
+    @property
+    def cost_usd(self) -> float:
+        return self.instance_seconds / 3600 * self.price_per_hour
+
+
+def gpu_summary(records: Iterable[Mapping[str, Any]], heartbeats: Iterable[Mapping[str, Any]],
+                price_per_hour: float, start_ms: int | None = None, end_ms: int | None = None) -> GpuCost:
+    """The GPU endpoint's instance time in [start_ms, end_ms) apportioned to (tenant, model, version) by
+    compute time. `records`: gpu_result's log events; `heartbeats`: the endpoint's."""
+    def inside(event: Mapping[str, Any]) -> bool:
+        ts = int(event.get("timestamp", 0))
+        return (start_ms is None or ts >= start_ms) and (end_ms is None or ts < end_ms)
+
+    seconds = 0.0
+    for event in heartbeats:
+        line = _json_line(str(event.get("message", "")))
+        if line and line.get("event") == HEARTBEAT_EVENT and inside(event) \
+                and _is_number(line.get("interval_s")):
+            seconds += float(line["interval_s"])
+    totals: dict[tuple[str, str, str], list[float]] = {}
+    for event in records:
+        line = _json_line(str(event.get("message", "")))
+        if not line or line.get("message") != GPU_MESSAGE or not inside(event):
+            continue
+        if not all(isinstance(line.get(k), str) for k in GROUP_BY) or \
+                not all(_is_number(line.get(k)) for k in ("rows", "compute_ms")):
+            continue
+        acc = totals.setdefault(tuple(line[k] for k in GROUP_BY), [0.0, 0.0, 0.0])   # type: ignore[arg-type]
+        acc[0] += 1
+        acc[1] += float(line["rows"])
+        acc[2] += float(line["compute_ms"])
+    shares = apportion({k: v[2] for k, v in totals.items()}, seconds, price_per_hour)
+    total_ms = sum(v[2] for v in totals.values())
+    groups = [{"tenant": k[0], "model": k[1], "version": k[2], "inferences": int(v[0]), "rows": int(v[1]),
+               "compute_ms": round(v[2], 3), "share": (v[2] / total_ms) if total_ms else 0.0,
+               "cost_usd": shares[k], "cost_per_1000_usd": shares[k] / v[0] * 1000 if v[0] else 0.0}
+              for k, v in totals.items()]
+    groups.sort(key=lambda g: (-g["cost_usd"], g["tenant"], g["model"], g["version"]))
+    return GpuCost(seconds, price_per_hour, groups)
+
+
+def format_gpu(cost: GpuCost, log_groups: str = "") -> str:
+    lines = [f"GPU endpoint: {cost.instance_seconds:.0f} instance-seconds at "
+             f"{_number(cost.price_per_hour)} USD per instance-hour = {cost.cost_usd:.6f} USD, "
+             "apportioned by compute time"
+             + (f" ({log_groups})" if log_groups else ""), ""]
+    headings = [*GROUP_BY, "inferences", "rows", "compute ms", "share", "cost USD", "per 1000 USD"]
+    rows = [[g["tenant"], g["model"], g["version"], str(g["inferences"]), str(g["rows"]),
+             f"{g['compute_ms']:.1f}", f"{g['share']:.1%}", f"{g['cost_usd']:.6f}",
+             f"{g['cost_per_1000_usd']:.6f}"] for g in cost.groups]
+    widths = [max(len(str(x)) for x in col) for col in zip(headings, *rows, strict=False)]
+    for row in (headings, *rows):
+        lines.append("  ".join(str(x).ljust(w) if i < len(GROUP_BY) else str(x).rjust(w)
+                               for i, (x, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    if not rows:
+        lines.append("(no GPU inferences in this period)")
+    return "\n".join(lines)
 
 
 # --- `tenantml cost` -------------------------------------------------------------------------------------
@@ -490,11 +571,24 @@ def cost_command(args: argparse.Namespace) -> int:
     group = args.log_group or settings.cost_log_group
     target = contextlib.nullcontext() if group else \
         platform_target("inference", needs=variable("cost_log_group"))
+    gpu_groups = args.gpu_log_groups or (
+        [settings.cost_gpu_result_log_group, settings.cost_gpu_endpoint_log_group]
+        if settings.cost_gpu_result_log_group and settings.cost_gpu_endpoint_log_group else None)
+    gpu: GpuCost | None = None
     try:
         with target:
-            group = group or resources.LocalNames.make().log_group("inference")
-            summary = summarize(read_events(client("logs", get_aws_settings()), group, start, end), prices,
-                                start, end)
+            names = resources.LocalNames.make()
+            group = group or names.log_group("inference")
+            logs = client("logs", get_aws_settings())
+            summary = summarize(read_events(logs, group, start, end), prices, start, end)
+            if gpu_groups is None and not (args.log_group or settings.cost_log_group):
+                from tenantml.local.platform import GPU_ENDPOINT  # noqa: PLC0415
+
+                gpu_groups = [names.log_group("gpu_result"), f"/aws/sagemaker/Endpoints/{GPU_ENDPOINT}"]
+            if gpu_groups is not None:
+                gpu = gpu_summary(_events_or_none(logs, gpu_groups[0], start, end, GPU_FILTER_PATTERN),
+                                  _events_or_none(logs, gpu_groups[1], start, end, HEARTBEAT_FILTER_PATTERN),
+                                  settings.cost_gpu_instance_usd_per_hour, start, end)
     except NoPlatform:
         print(f"tenantml cost: no log group to read: {START_HINT}, or pass --log-group (or set "
               "TENANTML_COST_LOG_GROUP) with a deployed stack's output InferenceLogGroupName",
@@ -504,9 +598,28 @@ def cost_command(args: argparse.Namespace) -> int:
         print(f"tenantml cost: cannot read log group {group}: {exc}", file=sys.stderr)
         return 1
     summary = summary.only(args.tenant, args.model)
+    if gpu is not None:
+        gpu = gpu._replace(groups=[g for g in gpu.groups
+                                   if (args.tenant is None or g["tenant"] == args.tenant)
+                                   and (args.model is None or g["model"] == args.model)])
     if args.json:
-        print(json.dumps({"log_group": group, **summary.as_dict()}, indent=2))
+        out = {"log_group": group, **summary.as_dict()}
+        if gpu is not None:
+            out["gpu"] = {"log_groups": list(gpu_groups or []), "instance_seconds": gpu.instance_seconds,
+                          "price_per_hour": gpu.price_per_hour, "cost_usd": gpu.cost_usd,
+                          "groups": gpu.groups}
+        print(json.dumps(out, indent=2))
     else:
         print(format_summary(summary, group))
+        if gpu is not None and (gpu.groups or gpu.instance_seconds):
+            print("\n" + format_gpu(gpu, ", ".join(gpu_groups or [])))
     return 0
+
+
+def _events_or_none(logs: Any, group: str, start: int, end: int, pattern: str) -> Iterator[dict[str, Any]]:
+    """A log group's events; none when the group does not exist (no GPU endpoint deployed or started)."""
+    try:
+        yield from read_events(logs, group, start, end, pattern)
+    except logs.exceptions.ResourceNotFoundException:
+        return
 
