@@ -51,6 +51,12 @@ from gpu_endpoint.batching import plan_buckets
 from tenantml.errors import IntegrityError
 from tenantml.manifest import Manifest, sha256_file, verify_file
 from tenantml.serving import oip, processing
+from tenantml.serving.loading import (
+    Misconfigured,
+    session_options,
+    tabular_binding,
+    text_input,
+)
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -76,8 +82,9 @@ PRECISIONS = ("auto", "fp32", "fp16")
 RUN_OVERHEAD_TOKENS = {CPU: 16.0, CUDA: 1536.0}
 
 
-class LoadError(Exception):
-    """The model folder cannot be served: the server logs this message and exits non-zero."""
+class LoadError(Misconfigured):
+    """The model folder cannot be served: the server logs this message and exits non-zero (the shared
+    manifest checks raise its base, Misconfigured)."""
 
 
 class Result(NamedTuple):
@@ -182,16 +189,6 @@ def verify_folder(model_dir: Path, manifest: Manifest) -> dict[str, bytes]:
 
 
 # --- onnxruntime --------------------------------------------------------------------------------------
-
-
-def session_options() -> ort.SessionOptions:
-    """The CPU path's options (tenantml.serving.runtime.session_options): full graph optimization, no CPU
-    memory arena (variable batch and sequence shapes would grow it to the largest request and keep it)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.enable_cpu_mem_arena = False
-    opts.log_severity_level = 3
-    return opts
 
 
 def cuda_available() -> bool:
@@ -421,19 +418,6 @@ def rows_of(work: Any) -> int:
 # --- loading -------------------------------------------------------------------------------------------
 
 
-def _text_input(manifest: Manifest) -> str:
-    for spec in manifest.inputs:
-        if spec.datatype == "BYTES":
-            return spec.name
-    raise LoadError("the manifest declares no BYTES input for the text")
-
-
-def _require_outputs(manifest: Manifest, produced: set[str]) -> None:
-    missing = [s.name for s in manifest.outputs if s.name not in produced]
-    if missing:
-        raise LoadError(f"the model does not produce the declared outputs {missing}")
-
-
 def load_model(model_dir: str | Path, options: ModelOptions | None = None, *, warm: bool = True,
                log: Callable[[str], None] | None = None) -> ServedModel:
     """Verify the folder, build the session and everything around it, and (`warm`) run it once per
@@ -498,7 +482,7 @@ def _embedding(folder: Path, manifest: Manifest, small: Mapping[str, bytes], opt
         overhead = RUN_OVERHEAD_TOKENS.get(provider, RUN_OVERHEAD_TOKENS[CPU])
     return EmbeddingModel(
         manifest=manifest, info=_info(manifest, options, provider, precision, notes, t0), session=session,
-        tokenizer=tokenizer, input_names=feeds, onnx_output=onnx_out.name, text_input=_text_input(manifest),
+        tokenizer=tokenizer, input_names=feeds, onnx_output=onnx_out.name, text_input=text_input(manifest),
         output=manifest.outputs[0].name, max_tokens_per_run=options.max_tokens_per_run,
         run_overhead_tokens=overhead, max_batch_rows=options.max_batch_rows,
         pad_values={"input_ids": int(pad.get("pad_id") or 0),
@@ -507,24 +491,13 @@ def _embedding(folder: Path, manifest: Manifest, small: Mapping[str, bytes], opt
 
 
 def _tabular(folder: Path, manifest: Manifest, options: ModelOptions, t0: float) -> TabularModel:
-    if len(manifest.labels) != 1 or len(manifest.inputs) != 1:
+    if len(manifest.labels) != 1 or len(manifest.inputs) != 1:   # before building a session for nothing
         raise LoadError("a tabular classifier has one input and one labelled output")
-    output, labels = next(iter(manifest.labels.items()))
     session, provider, precision, notes = open_session(folder / MODEL_FILE, options, convertible=False)
-    graph_inputs = session.get_inputs()
-    if len(graph_inputs) != 1:
-        raise LoadError("a tabular classifier graph has one input")
-    names = [o.name for o in session.get_outputs()]
-    mapping: dict[str, Any] = dict(manifest.build.get("onnx_outputs") or {})  # type: ignore[call-overload]
-    prob_key = mapping.get("probabilities") or next((n for n in names if "prob" in n), None)
-    label_key = mapping.get("label") or ("label" if "label" in names else None)
-    if prob_key not in names or (label_key is not None and label_key not in names):
-        raise LoadError(f"onnx_outputs {mapping} do not match graph outputs {names}")
-    _require_outputs(manifest, {output, output + processing.PROBS_SUFFIX})
+    b = tabular_binding(manifest, session)
     return TabularModel(manifest=manifest, info=_info(manifest, options, provider, precision, notes, t0),
-                        session=session, onnx_input=graph_inputs[0].name,
-                        features_input=manifest.inputs[0].name, output=output, labels=tuple(labels),
-                        label_key=label_key, prob_key=str(prob_key))
+                        session=session, onnx_input=b.onnx_input, features_input=manifest.inputs[0].name,
+                        output=b.output, labels=b.labels, label_key=b.label_key, prob_key=b.prob_key)
 
 
 # --- fp16 accuracy ----------------------------------------------------------------------------------------

@@ -50,7 +50,6 @@ from gpu_endpoint.batching import BatchConfig, Batcher, BatcherClosed, QueueFull
 from gpu_endpoint.model import (
     DEFAULT_MODEL_DIR,
     ENV_MODEL_DIR,
-    LoadError,
     ModelOptions,
     ServedModel,
     load_model,
@@ -59,6 +58,7 @@ from gpu_endpoint.model import (
 from tenantml.api.body import decompress
 from tenantml.errors import BadRequest, TenantMLError
 from tenantml.serving import oip
+from tenantml.serving.loading import Misconfigured
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         batching=settings.batch.describe(), device=settings.model.device, precision=settings.model.precision)
     try:
         server, app, _ = start(settings)
-    except LoadError as exc:
+    except Misconfigured as exc:   # LoadError and the shared manifest checks
         log("load_failed", error=str(exc))
         return 1
     except OSError as exc:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import onnxruntime as ort
@@ -40,24 +40,16 @@ from tenantml.registry import ArtifactStore, ModelVersion
 from tenantml.serving import processing
 from tenantml.serving.capture import Projection, TextSignals, note_text, projection_from_baseline
 from tenantml.serving.heads import Head, load_head
+from tenantml.serving.loading import Misconfigured as _Misconfigured
+from tenantml.serving.loading import require_outputs as _require_outputs
+from tenantml.serving.loading import session_options, tabular_binding
+from tenantml.serving.loading import text_input as _text_input
 from tenantml.serving.oip import Tensor
 
 ModelKey = tuple[str, str, str]  # (owner tenant, model, version)
 MODEL_FILE = "model.onnx"
 HEAD_FILE = "head.json"
 BASELINE_FILE = "baseline.json"
-
-
-def session_options() -> ort.SessionOptions:
-    """Full graph optimization; no CPU memory arena: variable batch/sequence shapes make the arena grow to
-    the largest request ever seen and keep it (64 long texts need hundreds of MB of activations), and on
-    MiniLM int8 the arena made no measurable latency difference at batch 1 or 32. Thread count and
-    spinning stay at onnxruntime's defaults (turning spinning off cost ~25% at batch 1)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.enable_cpu_mem_arena = False
-    opts.log_severity_level = 3
-    return opts
 
 
 def model_key(mv: ModelVersion) -> ModelKey:
@@ -139,23 +131,6 @@ LoadedModel = EmbeddingModel | HeadModel | TabularModel
 
 
 # --- loading ------------------------------------------------------------------------------------------
-
-
-class _Misconfigured(Exception):
-    """A verified artifact that does not fit its manifest (wrong outputs, bad head). Logged, then 503."""
-
-
-def _text_input(manifest: Manifest) -> str:
-    for spec in manifest.inputs:
-        if spec.datatype == "BYTES":
-            return spec.name
-    raise _Misconfigured("no BYTES input in the manifest")
-
-
-def _require_outputs(manifest: Manifest, produced: set[str]) -> None:
-    missing = [s.name for s in manifest.outputs if s.name not in produced]
-    if missing:
-        raise _Misconfigured(f"model does not produce declared outputs {missing}")
 
 
 def _projection(manifest: Manifest, artifacts: Artifacts, dim: int | None) -> Projection | None:
@@ -305,23 +280,11 @@ class Loader:
                          nbytes=len(data) + (projection.nbytes if projection else 0), projection=projection)
 
     def _tabular(self, manifest: Manifest, artifacts: Artifacts) -> TabularModel:
-        if len(manifest.labels) != 1 or len(manifest.inputs) != 1:
-            raise _Misconfigured("a tabular classifier has one input and one labelled output")
-        output, labels = next(iter(manifest.labels.items()))
         session, model_size = self._session(artifacts, MODEL_FILE)
-        graph_inputs = session.get_inputs()
-        if len(graph_inputs) != 1:
-            raise _Misconfigured("a tabular classifier graph has one input")
-        names = [o.name for o in session.get_outputs()]
-        mapping: dict[str, Any] = dict(manifest.build.get("onnx_outputs") or {})  # type: ignore[call-overload]
-        prob_key = mapping.get("probabilities") or next((n for n in names if "prob" in n), None)
-        label_key = mapping.get("label") or ("label" if "label" in names else None)
-        if prob_key not in names or (label_key is not None and label_key not in names):
-            raise _Misconfigured(f"onnx_outputs {mapping} do not match graph outputs {names}")
-        _require_outputs(manifest, {output, output + processing.PROBS_SUFFIX})
-        return TabularModel(session=session, onnx_input=graph_inputs[0].name,
-                            features_input=manifest.inputs[0].name, output=output, labels=tuple(labels),
-                            label_key=label_key, prob_key=prob_key, nbytes=model_size)
+        b = tabular_binding(manifest, session)
+        return TabularModel(session=session, onnx_input=b.onnx_input, features_input=manifest.inputs[0].name,
+                            output=b.output, labels=b.labels, label_key=b.label_key, prob_key=b.prob_key,
+                            nbytes=model_size)
 
 
 def _model_metric(name: str, mv: ModelVersion, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
