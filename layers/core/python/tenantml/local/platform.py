@@ -413,6 +413,12 @@ def usage(platform: Platform, token: str) -> list[str]:
         f'curl -s {base}/v2/models -H "Authorization: Bearer $TOKEN"',
         curl("minilm-embed", embed),
         curl("work-item-classifier", classify),
+        *([] if platform.gpu is None else [
+            "",
+            f"# {GPU_MODEL} runs on the GPU endpoint stand-in (CPU here): 202 + Location, then poll it",
+            curl(GPU_MODEL, infer_body(platform.models_dir, GPU_MODEL, "The build pipeline is green again"))
+            .replace("curl -s ", "curl -si ", 1),
+            f'curl -s {base}/v2/requests/<id> -H "Authorization: Bearer $TOKEN"']),
         "",
         f"state for `tenantml invoke`: {platform.state_file}",
     ]
