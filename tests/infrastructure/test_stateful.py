@@ -36,6 +36,19 @@ def test_artifact_bucket_is_encrypted_versioned_private_logged_and_retained(synt
     assert bucket["DeletionPolicy"] == "Retain" and bucket["UpdateReplacePolicy"] == "Retain"
 
 
+def test_async_request_objects_expire_with_their_requests(stateful):
+    """Payloads, SageMaker's answers and the tenant copies under async/ live as long as the request can
+    be polled (the requests table's TTL: TENANTML_ASYNC_RETENTION_DAYS' default), not forever."""
+    from tenantml.settings import AsyncSettings
+
+    _, bucket = by_path(stateful, "/Artifacts/Bucket/Resource")
+    rules = {r["Id"]: r for r in bucket["Properties"]["LifecycleConfiguration"]["Rules"]}
+    rule = rules["expire-async-requests"]
+    assert rule["Prefix"] == "async/" and rule["Status"] == "Enabled"
+    assert rule["ExpirationInDays"] == AsyncSettings.model_fields["async_retention_days"].default
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 1
+
+
 @pytest.mark.parametrize("bucket_path", ["/Artifacts/Bucket/Resource", "/Artifacts/AccessLogs/Resource"])
 def test_every_bucket_denies_plain_http(synth, stateful, bucket_path):
     bucket_id, _ = by_path(stateful, bucket_path)

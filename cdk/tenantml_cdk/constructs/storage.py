@@ -14,8 +14,11 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from tenantml import resources
+from tenantml.gpu.requests import ASYNC_PREFIX
+from tenantml.settings import AsyncSettings
 from tenantml_cdk.nag import acknowledge
 
+ASYNC_RETENTION_DAYS = int(AsyncSettings.model_fields["async_retention_days"].default)
 _ATTRIBUTE_TYPES = {"S": dynamodb.AttributeType.STRING, "N": dynamodb.AttributeType.NUMBER,
                     "B": dynamodb.AttributeType.BINARY}
 
@@ -66,6 +69,11 @@ class ArtifactStore(Construct):
                                  abort_incomplete_multipart_upload_after=Duration.days(7)),
                 # Versions are immutable folders; an overwritten object is only kept for recovery.
                 s3.LifecycleRule(id="expire-noncurrent", noncurrent_version_expiration=Duration.days(90)),
+                # Async (GPU) payloads, SageMaker's answers and failures, the copies under each tenant:
+                # kept as long as their request can be polled (the requests table's TTL), then gone.
+                s3.LifecycleRule(id="expire-async-requests", prefix=f"{ASYNC_PREFIX}/",
+                                 expiration=Duration.days(ASYNC_RETENTION_DAYS),
+                                 noncurrent_version_expiration=Duration.days(1)),
             ],
             removal_policy=RemovalPolicy.RETAIN,
         )
