@@ -104,3 +104,62 @@ def test_inline_registration_of_a_shared_backbone_and_a_foreign_backbone_refusal
         svc.register(owner="acme", model="tickets", manifest=foreign, actor="u", files=head_files)
     assert "globex" not in exc.value.public_message
     assert svc.store.digest("acme", "tickets", "1", "head.npz") is None
+
+
+def objects_under(prefix: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", region_name=AWS.region, endpoint_url=AWS.endpoint_url)
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=NAMES.buckets["artifacts"], Prefix=prefix)
+            .get("Contents", [])]
+
+
+def test_an_item_dynamodb_cannot_hold_is_413_and_the_uploads_are_removed(env):
+    from tenantml.errors import PayloadTooLarge
+    from tenantml.registry.service import Quotas
+
+    # The service's own limit lifted, so DynamoDB's 400 KB item limit is what refuses the version.
+    svc = RegistrationService(DynamoRegistry(NAMES.tables["registry"], AWS),
+                              S3ArtifactStore(NAMES.buckets["artifacts"], AWS),
+                              quotas=Quotas(max_manifest_bytes=10 ** 7))
+    big = manifest_for("bulky", FILES, build={"notes": "x" * 450_000})
+    with pytest.raises(PayloadTooLarge):
+        svc.register(owner="acme", model="bulky", manifest=big, actor="u", files=FILES)
+    assert objects_under("models/acme/bulky/") == []
+
+
+def test_an_oversized_manifest_is_413_with_nothing_uploaded(svc):
+    from tenantml.errors import PayloadTooLarge
+
+    big = manifest_for("bulky", FILES, build={"notes": "x" * 300_000})
+    with pytest.raises(PayloadTooLarge) as exc:
+        svc.register(owner="acme", model="bulky", manifest=big, actor="u", files=FILES)
+    assert "TENANTML_MAX_MANIFEST_BYTES" in exc.value.public_message
+    assert objects_under("models/acme/bulky/") == []
+
+
+def test_a_failed_registration_leaves_nothing_under_the_version_prefix(svc, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("DynamoDB unreachable")
+
+    monkeypatch.setattr(svc.registry, "register_version", refuse)
+    with pytest.raises(RuntimeError):
+        svc.register(owner="acme", model="risk", manifest=manifest_for("risk", FILES), actor="u", files=FILES)
+    assert objects_under("models/acme/risk/1/") == []
+
+
+def test_model_quota_on_dynamodb_counts_only_the_owners_models(env):
+    from tenantml.errors import Conflict
+    from tenantml.registry.service import Quotas
+
+    svc = RegistrationService(DynamoRegistry(NAMES.tables["registry"], AWS),
+                              S3ArtifactStore(NAMES.buckets["artifacts"], AWS),
+                              quotas=Quotas(max_models_per_tenant=2, max_versions_per_model=2))
+    for owner, model in (("globex", "g1"), ("globex", "g2"), ("acme", "a"), ("acme", "a"), ("acme", "b")):
+        svc.register(owner=owner, model=model, manifest=manifest_for(model, FILES), actor="u", files=FILES)
+    assert svc.registry.count_models("acme") == 2 and svc.registry.count_versions("acme", "a") == 2
+    with pytest.raises(Conflict, match="TENANTML_MAX_MODELS_PER_TENANT"):
+        svc.register(owner="acme", model="c", manifest=manifest_for("c", FILES), actor="u", files=FILES)
+    with pytest.raises(Conflict, match="TENANTML_MAX_VERSIONS_PER_MODEL"):
+        svc.register(owner="acme", model="a", manifest=manifest_for("a", FILES), actor="u", files=FILES)
+    assert objects_under("models/acme/c/") == [] and objects_under("models/acme/a/3/") == []

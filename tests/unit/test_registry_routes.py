@@ -270,3 +270,35 @@ def test_a_refused_rollout_verb_is_audited_with_its_action(call, load_event, svc
     status, _, _ = call(as_caller(event, scopes="models:read"))
     assert status == 403
     assert svc.registry.audit("acme")[-1].action == "refused_post_rollout_promote"
+
+
+def test_quota_and_content_refusals_are_stable_json_with_their_statuses(load_event, lambda_context):
+    import serving_models as sm
+
+    from tenantml.registry.service import Quotas
+
+    svc = RegistrationService(MemoryRegistry(), MemoryArtifactStore(), validate_content=True,
+                              quotas=Quotas(max_models_per_tenant=1, max_manifest_bytes=4096))
+    app = create_app(svc)
+
+    def post(model: str, manifest: dict, files: dict[str, bytes]) -> tuple[int, dict]:
+        event = load_event("registry-register-version")
+        event["path"] = f"/admin/models/{model}/versions"
+        event["pathParameters"] = {**(event.get("pathParameters") or {}), "model": model}
+        body = {"manifest": manifest, "files": {n: base64.b64encode(d).decode() for n, d in files.items()}}
+        resp = app.resolve(with_body(as_caller(event), body), lambda_context)
+        return resp["statusCode"], json.loads(resp["body"])
+
+    v = sm.tabular_version(owner="acme", name="risk")
+    manifest = json.loads(v.manifest.model_dump_json())
+    too_big = {**manifest, "build": {**manifest["build"], "notes": "x" * 5000}}
+    status, body = post("risk", too_big, v.artifacts)
+    assert status == 413 and list(body) == ["error"] and "TENANTML_MAX_MANIFEST_BYTES" in body["error"]
+    garbage = {"model.onnx": b"\x08\x07garbage"}
+    status, body = post("risk", json.loads(manifest_for("risk", garbage).model_dump_json()), garbage)
+    assert (status, body) == (400, {"error": "file 'model.onnx' is not a valid ONNX model"})
+    assert svc.store.objects == {}
+    assert post("risk", manifest, v.artifacts)[0] == 201
+    status, body = post("other", {**manifest, "name": "other"}, v.artifacts)
+    assert status == 409 and "TENANTML_MAX_MODELS_PER_TENANT" in body["error"]
+    assert not any(k.startswith("models/acme/other/") for k in svc.store.objects)

@@ -218,3 +218,241 @@ def test_set_alias_goes_through_the_registry(svc):
     assert (change.previous, change.version) == (None, "1")
     with pytest.raises(ModelNotFound):
         svc.set_alias(owner="acme", model="risk", alias="production", version="2", actor="u")
+
+
+# --- quotas ---------------------------------------------------------------------------------------------
+
+def quota_svc(**limits) -> RegistrationService:
+    from tenantml.registry.service import Quotas
+
+    return RegistrationService(MemoryRegistry(), MemoryArtifactStore(), quotas=Quotas(**limits))
+
+
+def add(svc: RegistrationService, owner: str, model: str, files=MODEL):
+    return svc.register(owner=owner, model=model, manifest=manifest_for(model, files), actor="u", files=files)
+
+
+def test_models_per_tenant_quota_counts_only_the_owner_and_refuses_at_the_boundary():
+    svc = quota_svc(max_models_per_tenant=2)
+    add(svc, "acme", "a")
+    add(svc, "acme", "b")                      # exactly at the limit: accepted
+    for name in ("x", "y", "z"):               # another tenant's models never count against acme
+        add(svc, "globex", name) if name != "z" else None
+    add(svc, "acme", "a")                      # a new version of an existing model is not a new model
+    with pytest.raises(Conflict) as exc:
+        add(svc, "acme", "c")
+    msg = exc.value.public_message
+    assert exc.value.status == 409
+    assert "2 models" in msg and "limit 2" in msg and "TENANTML_MAX_MODELS_PER_TENANT" in msg
+    assert "globex" not in msg
+    assert not any(k.startswith("models/acme/c/") for k in store(svc).objects)
+    assert [s.model for s in registry(svc).list_models("acme")] == ["a", "b"]
+
+
+def test_versions_per_model_quota_refuses_the_version_after_the_limit():
+    svc = quota_svc(max_versions_per_model=2)
+    add(svc, "acme", "risk")
+    add(svc, "acme", "risk")
+    add(svc, "globex", "risk")                 # globex's own count
+    with pytest.raises(Conflict) as exc:
+        add(svc, "acme", "risk")
+    msg = exc.value.public_message
+    assert "TENANTML_MAX_VERSIONS_PER_MODEL" in msg and "limit 2" in msg
+    assert not any(k.startswith("models/acme/risk/3/") for k in store(svc).objects)
+    assert add(svc, "globex", "risk").version == "2"
+
+
+def test_files_and_bytes_per_version_quotas_answer_413_at_the_boundary():
+    size = sum(len(d) for d in MODEL.values())
+    assert add(quota_svc(max_files_per_version=2, max_version_bytes=size), "acme", "risk").version == "1"
+    svc = quota_svc(max_files_per_version=1)
+    with pytest.raises(PayloadTooLarge) as exc:
+        add(svc, "acme", "risk")
+    assert exc.value.status == 413 and "TENANTML_MAX_FILES_PER_VERSION" in exc.value.public_message
+    svc = quota_svc(max_version_bytes=size - 1)
+    with pytest.raises(PayloadTooLarge) as exc:
+        add(svc, "acme", "risk")
+    msg = exc.value.public_message
+    assert "TENANTML_MAX_VERSION_BYTES" in msg and f"limit {size - 1}" in msg
+    assert store(svc).objects == {}
+
+
+def test_an_oversized_manifest_is_413_before_anything_is_written():
+    svc = quota_svc(max_manifest_bytes=2048)
+    small = manifest_for("risk", MODEL, build={"note": "x" * 100})
+    assert svc.register(owner="acme", model="risk", manifest=small, actor="u", files=MODEL).version == "1"
+    big = manifest_for("risk", MODEL, build={"note": "x" * 4096})
+    with pytest.raises(PayloadTooLarge) as exc:
+        svc.register(owner="acme", model="risk", manifest=big, actor="u", files=MODEL)
+    assert "TENANTML_MAX_MANIFEST_BYTES" in exc.value.public_message
+    assert not any(k.startswith("models/acme/risk/2/") for k in store(svc).objects)
+
+
+def test_the_settings_defaults_are_the_quotas_defaults():
+    from tenantml.registry.service import Quotas
+    from tenantml.settings import RegistrySettings
+
+    settings = RegistrySettings(artifact_bucket="b", registry_table="t", max_versions_per_model=7)
+    assert Quotas.from_settings(settings) == Quotas(max_versions_per_model=7)
+    assert Quotas() == Quotas(100, 50, 16, 2 * 1024 ** 3, 256 * 1024)
+    with pytest.raises(ValidationError):
+        RegistrySettings(artifact_bucket="b", registry_table="t", max_manifest_bytes=400_000)
+
+
+# --- cleanup after a failed registration -------------------------------------------------------------
+
+def test_a_registration_failing_after_upload_deletes_only_what_it_uploaded(svc, monkeypatch):
+    store(svc).put("acme", "risk", "1", "baseline.json", MODEL["baseline.json"])   # uploaded beforehand
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("registry down")
+
+    monkeypatch.setattr(registry(svc), "register_version", refuse)
+    with pytest.raises(RuntimeError):
+        svc.register(owner="acme", model="risk", manifest=manifest_for("risk", MODEL), actor="u",
+                     version="1", files={"model.onnx": MODEL["model.onnx"]})
+    assert list(store(svc).objects) == ["models/acme/risk/1/baseline.json"]
+
+
+def test_cleanup_keeps_the_files_when_the_version_got_registered_concurrently(svc, monkeypatch):
+    real = registry(svc).register_version
+
+    def lose_the_race(owner, model, manifest, actor, version=None, aliases=()):
+        real(owner, model, manifest, "other", version=version)
+        raise Conflict("version '1' of model 'risk' already exists")
+
+    monkeypatch.setattr(registry(svc), "register_version", lose_the_race)
+    with pytest.raises(Conflict):
+        add(svc, "acme", "risk")
+    assert "models/acme/risk/1/model.onnx" in store(svc).objects
+
+
+# --- content validation ------------------------------------------------------------------------------
+
+@pytest.fixture
+def checking() -> RegistrationService:
+    return RegistrationService(MemoryRegistry(), MemoryArtifactStore(), validate_content=True)
+
+
+def register_version(svc: RegistrationService, v, **kw):
+    return svc.register(owner=v.owner, model=v.manifest.name, manifest=v.manifest, actor="u",
+                        files=v.artifacts, **kw)
+
+
+def refused(svc: RegistrationService, v) -> str:
+    with pytest.raises(BadRequest) as exc:
+        register_version(svc, v)
+    assert exc.value.status == 400
+    assert not any(k.startswith(f"models/{v.owner}/{v.manifest.name}/") for k in store(svc).objects)
+    return exc.value.public_message
+
+
+def replaced(v, **artifacts):
+    import serving_models as sm
+
+    files = {**v.artifacts, **artifacts}
+    return sm.Version(v.owner, v.manifest.model_copy(update={"files": sm._files(files)}), files, v.version)
+
+
+def test_real_versions_of_each_kind_register_with_content_checks(checking):
+    import serving_models as sm
+
+    assert register_version(checking, sm.tabular_version(owner="acme")).version == "1"
+    assert register_version(checking, sm.embedding_version()).version == "1"
+    assert register_version(checking, sm.classifier_version("acme")).version == "1"
+
+
+def test_a_model_that_is_not_onnx_is_refused(checking):
+    import serving_models as sm
+
+    msg = refused(checking, replaced(sm.tabular_version(owner="acme"), **{"model.onnx": b"\x08\x07garbage"}))
+    assert msg == "file 'model.onnx' is not a valid ONNX model"
+    msg = refused(checking, replaced(sm.tabular_version(owner="acme"), **{"model.onnx": b"\xff" * 64}))
+    assert msg == "file 'model.onnx' is not a valid ONNX model"
+
+
+def external_data_model() -> bytes:
+    import onnx
+    import serving_models as sm
+    from onnx.external_data_helper import set_external_data
+
+    model = onnx.load_model_from_string(sm.encoder_onnx(sm.embedding_table()))
+    table = next(t for t in model.graph.initializer if t.name == "table")
+    set_external_data(table, location="../../../../etc/passwd")
+    table.data_location = onnx.TensorProto.EXTERNAL
+    table.ClearField("raw_data")
+    return model.SerializeToString()
+
+
+def test_a_model_with_external_data_is_refused_before_onnxruntime_opens_it(checking, monkeypatch):
+    import onnxruntime as ort
+    import serving_models as sm
+
+    opened = []
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: opened.append(a))
+    msg = refused(checking, replaced(sm.embedding_version(), **{"model.onnx": external_data_model()}))
+    assert "model.onnx" in msg and "external data" in msg and opened == []
+
+
+def test_the_external_data_walk_on_its_own():
+    import serving_models as sm
+
+    from tenantml.registry.validation import ExternalData, NotOnnx, check_no_external_data
+
+    check_no_external_data(sm.encoder_onnx(sm.embedding_table()))
+    check_no_external_data(sm.tabular_onnx()[0])
+    with pytest.raises(ExternalData):
+        check_no_external_data(external_data_model())
+    for junk in (b"", b"\x0f", b"\x3a\xff\xff\xff\x0f"):
+        with pytest.raises(NotOnnx):
+            check_no_external_data(junk)
+
+
+def test_graph_inputs_and_outputs_must_fit_the_manifest(checking):
+    import serving_models as sm
+
+    tabular_graph = sm.tabular_onnx()[0]
+    msg = refused(checking, replaced(sm.embedding_version(), **{"model.onnx": tabular_graph}))
+    assert msg.startswith("file 'model.onnx' does not fit the manifest: unsupported graph inputs")
+    v = sm.tabular_version(owner="acme")
+    wrong = v.manifest.model_copy(update={"build": {"onnx_outputs": {"probabilities": "nope"}}})
+    msg = refused(checking, sm.Version("acme", wrong, v.artifacts, "1"))
+    assert msg.startswith("file 'model.onnx' does not fit the manifest: onnx_outputs")
+    v = sm.embedding_version()
+    wider = v.manifest.outputs[0].model_copy(update={"shape": [-1, 16]})
+    wide = v.manifest.model_copy(update={"outputs": [wider]})
+    msg = refused(checking, sm.Version(v.owner, wide, v.artifacts, "1"))
+    assert msg == (f"file 'model.onnx' produces embeddings of dimension {sm.DIM}, the manifest declares 16 "
+                   "(outputs.embedding.shape)")
+
+
+def test_a_broken_tokenizer_is_refused(checking):
+    import serving_models as sm
+
+    msg = refused(checking, replaced(sm.embedding_version(), **{"tokenizer.json": b'{"model": {}}'}))
+    assert msg == "file 'tokenizer.json' is not a valid tokenizer (tokenizers.Tokenizer.from_str failed)"
+    msg = refused(checking, replaced(sm.embedding_version(), **{"tokenizer.json": b"\xff\xfe"}))
+    assert "tokenizer.json" in msg
+
+
+def test_a_head_must_match_its_backbones_dimension(checking):
+    import serving_models as sm
+
+    register_version(checking, sm.embedding_version())
+    narrow = sm.linear_head_json(dim=4)
+    msg = refused(checking, replaced(sm.classifier_version("acme"), **{"head.json": narrow}))
+    assert msg == (f"file 'head.json' has embedding_dim 4, but backbone model 'minilm-embed' version '1' "
+                   f"produces embeddings of dimension {sm.DIM}")
+    msg = refused(checking, replaced(sm.classifier_version("acme"), **{"head.json": b'{"kind": "linear"}'}))
+    assert msg.startswith("file 'head.json' does not fit the manifest")
+
+
+def test_a_gpu_version_is_walked_not_loaded(checking):
+    import serving_models as sm
+
+    v = sm.embedding_version(name="gpu-embed")
+    gpu = v.manifest.model_copy(update={"backend": "gpu"})
+    assert register_version(checking, sm.Version(v.owner, gpu, v.artifacts, "1")).version == "1"
+    bad = replaced(sm.Version(v.owner, gpu, v.artifacts, "1"), **{"model.onnx": external_data_model()})
+    assert "external data" in refused(checking, sm.Version(v.owner, gpu.model_copy(
+        update={"name": "gpu-embed2", "files": bad.manifest.files}), bad.artifacts, "1"))

@@ -116,6 +116,18 @@ class RegistrySettings(_Settings):
 
     artifact_bucket: str
     registry_table: str
+    # Registration quotas (tenantml.registry.service.Quotas), per owner tenant, checked before anything is
+    # written. Models and versions are counted in the owner's own partition only. 100 models and 50
+    # versions per model are far above what a tenant's rollouts use (two or three live versions) while
+    # bounding the registry partition a tenant can grow; 16 files covers a version's model.onnx,
+    # tokenizer.json, head.json and baseline.json with room to spare; 2 GiB per version is protobuf's limit
+    # for a single-file ONNX model (external data is refused); 256 KiB of manifest JSON keeps the version
+    # item (manifest plus ~1 KB of attributes) under DynamoDB's 400 KB item limit, hence the upper bound.
+    max_models_per_tenant: int = Field(default=100, ge=1)
+    max_versions_per_model: int = Field(default=50, ge=1)
+    max_files_per_version: int = Field(default=16, ge=1)
+    max_version_bytes: int = Field(default=2 * 1024 ** 3, ge=1)
+    max_manifest_bytes: int = Field(default=256 * 1024, ge=1024, le=350_000)
 
 
 class ServingSettings(RegistrySettings):

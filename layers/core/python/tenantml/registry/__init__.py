@@ -146,6 +146,14 @@ class ModelRegistry(Registry, Protocol):
         """The version id an auto-numbered registration would get now (highest integer version + 1)."""
         ...
 
+    def count_models(self, owner: str) -> int:
+        """How many models `owner` itself has (its own partition only: never shared or another tenant's)."""
+        ...
+
+    def count_versions(self, owner: str, model: str) -> int:
+        """How many versions `owner`'s own model has (0 when it has no such model)."""
+        ...
+
     def register_version(self, tenant: str, model: str, manifest: Manifest, actor: str,
                          version: str | None = None, aliases: Sequence[str] = ()) -> ModelVersion:
         """Add a version (Conflict if it exists); point `aliases` at it; append an audit record."""
@@ -190,6 +198,11 @@ class VerifiedArtifactStore(ArtifactStore, Protocol):
                       data: bytes) -> ArtifactDigest | None:
         """Write only if no object exists under the key: None if written, else the existing object's
         digest (nothing written)."""
+        ...
+
+    def delete(self, owner: str, model: str, version: str, name: str) -> None:
+        """Remove one object of a version that is not registered (a failed registration's upload); a
+        missing object is fine."""
         ...
 
 

@@ -49,7 +49,9 @@ def register_folder(path: str | Path, tenant: str, registry: ModelRegistry, stor
     manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes())
     model = model or manifest.name
     manifest = named(manifest, model)
-    service = RegistrationService(registry, store)
+    # The folder's files go to the service as inline files (no 4 MiB API body here: the version-bytes
+    # quota bounds them), so a registration that fails after uploading removes what it uploaded.
+    service = RegistrationService(registry, store, max_inline_bytes=2 ** 62)
     contents: dict[str, bytes] = {}
     for name in sorted(manifest.files):
         file = folder / name
@@ -65,10 +67,8 @@ def register_folder(path: str | Path, tenant: str, registry: ModelRegistry, stor
         logger.warning("files not listed in the manifest are not uploaded",
                        extra={"tenant": tenant, "model": model, "files": unlisted})
     version = service.prepare(tenant, model, manifest, version, aliases)
-    for name, data in contents.items():
-        service.upload_artifact(tenant, model, version, name, data)
     return service.register(owner=tenant, model=model, manifest=manifest, actor=actor, version=version,
-                            aliases=aliases)
+                            files=contents, aliases=aliases)
 
 
 def _target() -> Any:

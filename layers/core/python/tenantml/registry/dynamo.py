@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from tenantml.aws import client as aws_client
-from tenantml.errors import BadRequest, Conflict, ModelNotFound, Throttled
+from tenantml.errors import BadRequest, Conflict, ModelNotFound, PayloadTooLarge, Throttled
 from tenantml.manifest import Manifest
 from tenantml.observability import logger
 from tenantml.registry import (
@@ -148,6 +148,18 @@ class _Cancelled:
         return index < len(self.codes) and self.codes[index] in _CONDITION_FAILED
 
 
+def _too_large(exc: Exception) -> bool:
+    """DynamoDB's refusal of an item over 400 KB (ValidationException, or a cancelled transaction whose
+    reason is one)."""
+    response = getattr(exc, "response", None) or {}
+    texts = [str(response.get("Error", {}).get("Message", ""))]
+    texts += [str(r.get("Message", "")) for r in response.get("CancellationReasons") or []]
+    codes = [str(response.get("Error", {}).get("Code", ""))]
+    codes += [str(r.get("Code", "")) for r in response.get("CancellationReasons") or []]
+    refused = "ValidationError" in codes or "ValidationException" in codes
+    return refused and any("size" in t.lower() for t in texts)
+
+
 def _cancelled(exc: Exception) -> _Cancelled | None:
     response = getattr(exc, "response", None) or {}
     if response.get("Error", {}).get("Code") != "TransactionCanceledException":
@@ -228,6 +240,23 @@ class DynamoRegistry:
         check_model_name(model)
         state = self._read_model(owner, model)
         return str((state.max_int if state else 0) + 1)
+
+    def count_models(self, owner: str) -> int:
+        """The model items in `owner`'s own partition (keys only come back; version items are filtered
+        out). A check before a write, not a condition of it: concurrent first registrations of new models
+        may overshoot the quota by the number in flight."""
+        check_tenant(owner)
+        return sum(1 for _ in self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :m)",
+            FilterExpression="#k = :model", ProjectionExpression="sk",
+            ExpressionAttributeNames={"#k": "kind"},
+            ExpressionAttributeValues=_item({":pk": tenant_pk(owner), ":m": "M#", ":model": "model"})))
+
+    def count_versions(self, owner: str, model: str) -> int:
+        check_tenant(owner)
+        check_model_name(model)
+        state = self._read_model(owner, model)
+        return state.version_count if state else 0
 
     def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         while True:
@@ -354,6 +383,9 @@ class DynamoRegistry:
                                     registration_details(manifest, aliases), now),
                 ])
             except Exception as exc:
+                if _too_large(exc):   # a backstop: the service refuses oversized manifests before this
+                    raise PayloadTooLarge("the manifest is too large to register",
+                                          detail=f"DynamoDB refused the items: {exc}"[:500]) from None
                 why = _cancelled(exc)
                 if why is None:
                     raise

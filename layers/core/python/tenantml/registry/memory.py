@@ -107,6 +107,18 @@ class MemoryRegistry:
             state = self._models.get((owner, model))
             return str((state.max_int if state else 0) + 1)
 
+    def count_models(self, owner: str) -> int:
+        check_tenant(owner)
+        with self._lock:
+            return sum(1 for (o, _) in self._models if o == owner)
+
+    def count_versions(self, owner: str, model: str) -> int:
+        check_tenant(owner)
+        check_model_name(model)
+        with self._lock:
+            state = self._models.get((owner, model))
+            return state.version_count if state else 0
+
     def _versions_of(self, owner: str, model: str) -> list[_Version]:
         return sorted((v for (o, m, _), v in self._versions.items() if o == owner and m == model),
                       key=lambda v: v.seq)
@@ -283,6 +295,11 @@ class MemoryArtifactStore:
                 self.objects[key] = bytes(data)
                 return None
         return ArtifactDigest(sha256=sha256_bytes(existing), size=len(existing))
+
+    def delete(self, owner: str, model: str, version: str, name: str) -> None:
+        key = self.key(owner, model, version, name)
+        with self._lock:
+            self.objects.pop(key, None)
 
     def digest(self, owner: str, model: str, version: str, name: str) -> ArtifactDigest | None:
         key = self.key(owner, model, version, name)

@@ -98,6 +98,11 @@ class S3ArtifactStore:
                            detail=f"object vanished after precondition failure: {self._where(key)}")
         return existing
 
+    def delete(self, owner: str, model: str, version: str, name: str) -> None:
+        """DeleteObject (S3 answers success for a missing key). Registration calls it only for the objects
+        a failed registration wrote itself, of a version that is not registered."""
+        self._s3.delete_object(Bucket=self.bucket, Key=self.key(owner, model, version, name))
+
     def digest(self, owner: str, model: str, version: str, name: str) -> ArtifactDigest | None:
         """Stream the object through sha256 (never trusts a stored checksum or a client claim)."""
         from botocore.exceptions import ClientError  # noqa: PLC0415

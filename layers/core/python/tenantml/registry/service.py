@@ -8,6 +8,13 @@ A version is registered only when everything it names is real:
 - a head's backbone is a registered version the owner may use (its own or a shared one).
 Nothing is registered when a check fails. `manifest.json` is written beside the artifacts.
 
+Quotas (`Quotas`, from RegistrySettings), checked before anything is written: models per tenant and
+versions per model (409: the registry's current state refuses it, retrying will not help), files and
+bytes per version and the manifest's size (413). Counts are the owner's own, never another tenant's.
+With `validate_content` (the admin API), the files must also load the way serving loads them
+(tenantml.registry.validation; 400 naming the file). A registration that fails after it has written
+objects deletes the ones it wrote (and only those) unless the version got registered meanwhile.
+
 Who may register (check_write_access): through the admin API a caller with scope `models:write` writes
 its own tenant's models (the tenant comes from the authorizer context), and `_shared` when it asks for it
 (`?owner=_shared`) and also holds scope `models:admin` (platform operators); no other tenant's. The
@@ -18,6 +25,7 @@ may register for any tenant.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 
@@ -37,12 +45,35 @@ from tenantml.registry import (
     check_version_id,
 )
 from tenantml.resources import WRITE_SCOPE
-from tenantml.settings import AwsSettings, RegistrySettings
+from tenantml.settings import AwsSettings, RegistrySettings, variable
 
 ADMIN_SCOPE = "models:admin"
 MANIFEST_FILE = "manifest.json"
 MAX_INLINE_BYTES = 4 * 1024 * 1024   # decoded; API Gateway/Lambda bodies stop at 6-10 MB anyway
 _MAX_ERRORS = 5
+
+
+def _default(field: str) -> int:
+    return int(RegistrySettings.model_fields[field].default)
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Per-tenant registration limits; the defaults and their reasons are RegistrySettings'."""
+
+    max_models_per_tenant: int = _default("max_models_per_tenant")
+    max_versions_per_model: int = _default("max_versions_per_model")
+    max_files_per_version: int = _default("max_files_per_version")
+    max_version_bytes: int = _default("max_version_bytes")
+    max_manifest_bytes: int = _default("max_manifest_bytes")
+
+    @classmethod
+    def from_settings(cls, settings: RegistrySettings) -> Quotas:
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
+
+def _limit(quotas: Quotas, field: str) -> str:
+    return f"limit {getattr(quotas, field)}, setting {variable(field)}"
 
 
 def check_write_access(caller: Caller, owner: str) -> None:
@@ -83,18 +114,51 @@ def named(manifest: Manifest, model: str) -> Manifest:
 
 class RegistrationService:
     def __init__(self, registry: ModelRegistry, store: VerifiedArtifactStore, *,
-                 max_inline_bytes: int = MAX_INLINE_BYTES) -> None:
+                 max_inline_bytes: int = MAX_INLINE_BYTES, quotas: Quotas | None = None,
+                 validate_content: bool = False) -> None:
         self.registry = registry
         self.store = store
         self.max_inline_bytes = max_inline_bytes
+        self.quotas = quotas or Quotas()
+        self.validate_content = validate_content
 
     @classmethod
     def from_settings(cls, settings: RegistrySettings, aws: AwsSettings) -> RegistrationService:
+        """The admin API's service: the configured quotas, and content validation on (tenants' uploads)."""
         from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
         from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415
 
         return cls(DynamoRegistry(settings.registry_table, aws),
-                   S3ArtifactStore(settings.artifact_bucket, aws))
+                   S3ArtifactStore(settings.artifact_bucket, aws), quotas=Quotas.from_settings(settings),
+                   validate_content=True)
+
+    def check_quotas(self, owner: str, model: str, manifest: Manifest) -> None:
+        """The version's size (413) and the owner's counts (409), before anything is written. Counts only
+        `owner`'s own models and versions; a message never carries another tenant's figures."""
+        q = self.quotas
+        manifest_bytes = len(manifest.model_dump_json().encode())
+        if manifest_bytes > q.max_manifest_bytes:
+            raise PayloadTooLarge(f"the manifest is {manifest_bytes} bytes as JSON, above the limit of "
+                                  f"{q.max_manifest_bytes} ({_limit(q, 'max_manifest_bytes')})")
+        if len(manifest.files) > q.max_files_per_version:
+            raise PayloadTooLarge(f"a version may list at most {q.max_files_per_version} files, the manifest "
+                                  f"lists {len(manifest.files)} "
+                                  f"({_limit(q, 'max_files_per_version')})")
+        total = sum(entry.size for entry in manifest.files.values())
+        if total > q.max_version_bytes:
+            raise PayloadTooLarge(f"a version's files may total at most {q.max_version_bytes} bytes, the "
+                                  f"manifest lists {total} ({_limit(q, 'max_version_bytes')})")
+        versions = self.registry.count_versions(owner, model)
+        if versions >= q.max_versions_per_model:
+            raise Conflict(f"quota reached: model '{model}' has {versions} versions "
+                           f"({_limit(q, 'max_versions_per_model')}); ask the platform "
+                           "operator to raise it")
+        if versions == 0:
+            models = self.registry.count_models(owner)
+            if models >= q.max_models_per_tenant:
+                raise Conflict(f"quota reached: your tenant has {models} models "
+                               f"({_limit(q, 'max_models_per_tenant')}); register a "
+                               "new version of an existing model, or ask the platform operator to raise it")
 
     def plan_version(self, owner: str, model: str, version: str | None = None) -> str:
         """The version a registration will use: `version` if it is free (Conflict if registered), else
@@ -110,12 +174,14 @@ class RegistrationService:
             return version
         raise Conflict(f"version '{version}' of model '{model}' already exists")
 
-    def upload_artifact(self, owner: str, model: str, version: str, name: str, data: bytes) -> None:
+    def upload_artifact(self, owner: str, model: str, version: str, name: str, data: bytes) -> bool:
         """Write one file of a version that is not registered yet. Never changes a registered version's
-        files; identical content already in place is fine (a retried upload)."""
+        files; identical content already in place is fine (a retried upload). True if this call wrote it."""
         existing = self.store.put_if_absent(owner, model, version, name, data)
-        if existing is None or (existing.sha256 == sha256_bytes(data) and existing.size == len(data)):
-            return
+        if existing is None:
+            return True
+        if existing.sha256 == sha256_bytes(data) and existing.size == len(data):
+            return False
         try:
             self.registry.get_version(owner, model, version)
         except ModelNotFound:
@@ -123,13 +189,13 @@ class RegistrationService:
             logger.warning("replacing an unregistered artifact",
                            extra={"tenant": owner, "model": model, "version": version, "file": name})
             self.store.put(owner, model, version, name, data)
-            return
+            return True
         raise Conflict(f"version '{version}' of model '{model}' already exists")
 
-    def _check_backbone(self, owner: str, manifest: Manifest) -> None:
+    def _check_backbone(self, owner: str, manifest: Manifest) -> ModelVersion | None:
         ref = manifest.backbone
         if ref is None:
-            return
+            return None
         # The same answer for a missing backbone and another tenant's: never reveal that it exists.
         refused = BadRequest(f"backbone model '{ref.model}' version '{ref.version}' not found "
                              "(name a registered version of your own or a shared model, not an alias)")
@@ -144,6 +210,7 @@ class RegistrationService:
         if backbone.manifest.task != "embedding" or backbone.manifest.backend != "cpu":
             # What the serving path can put a head on (tenantml.serving): a CPU embedding model.
             raise BadRequest(f"backbone model '{ref.model}' must be a cpu embedding model")
+        return backbone
 
     def _check_stored(self, owner: str, model: str, version: str, manifest: Manifest,
                       skip: Sequence[str]) -> None:
@@ -167,6 +234,7 @@ class RegistrationService:
         for alias in aliases:
             check_alias(alias)
         self._check_backbone(owner, manifest)
+        self.check_quotas(owner, model, manifest)
         return self.plan_version(owner, model, version)
 
     def register(self, *, owner: str, model: str, manifest: Manifest, actor: str, version: str | None = None,
@@ -192,16 +260,54 @@ class RegistrationService:
                 raise BadRequest(f"file '{name}' does not match the sha256/size in the manifest") from None
         version = self.prepare(owner, model, manifest, version, aliases)
         self._check_stored(owner, model, version, manifest, skip=tuple(inline))
-        for name, data in sorted(inline.items()):
-            self.upload_artifact(owner, model, version, name, data)
-        self.upload_artifact(owner, model, version, MANIFEST_FILE,
-                             manifest.model_dump_json(indent=2).encode())
-        registered = self.registry.register_version(owner, model, manifest, actor, version=version,
-                                                    aliases=aliases)
+        if self.validate_content:
+            from tenantml.registry.validation import ContentValidator  # noqa: PLC0415 - onnxruntime
+
+            ContentValidator(self.store).validate(owner, model, version, manifest, inline,
+                                                  self._check_backbone(owner, manifest))
+        written: list[str] = []
+        try:
+            for name, data in sorted(inline.items()):
+                if self.upload_artifact(owner, model, version, name, data):
+                    written.append(name)
+            if self.upload_artifact(owner, model, version, MANIFEST_FILE,
+                                    manifest.model_dump_json(indent=2).encode()):
+                written.append(MANIFEST_FILE)
+            registered = self.registry.register_version(owner, model, manifest, actor, version=version,
+                                                        aliases=aliases)
+        except BaseException:
+            self._discard(owner, model, version, written)
+            raise
         logger.info("registration complete", extra={"tenant": owner, "model": model,
                                                      "version": registered.version, "aliases": list(aliases),
                                                      "actor": actor, "inline_files": sorted(inline)})
         return registered
+
+    def _discard(self, owner: str, model: str, version: str, written: Sequence[str]) -> None:
+        """Delete what a failed registration wrote, unless the version is registered after all (a
+        concurrent registration of the same version won and may refer to the same objects). Best effort:
+        a failure here is logged and never replaces the registration's own error."""
+        if not written:
+            return
+        try:
+            self.registry.get_version(owner, model, version)
+            logger.warning("registration failed but the version is registered; its files are kept",
+                           extra={"tenant": owner, "model": model, "version": version})
+            return
+        except ModelNotFound:
+            pass
+        except Exception as exc:  # noqa: BLE001 - cannot tell: keep the files rather than risk a version's
+            logger.warning("registration cleanup skipped", extra={"error": type(exc).__name__})
+            return
+        for name in written:
+            try:
+                self.store.delete(owner, model, version, name)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("registration cleanup failed", extra={
+                    "tenant": owner, "model": model, "version": version, "file": name,
+                    "error": type(exc).__name__})
+        logger.info("failed registration cleaned up", extra={"tenant": owner, "model": model,
+                                                              "version": version, "files": list(written)})
 
     def set_alias(self, *, owner: str, model: str, alias: str, version: str, actor: str) -> AliasChange:
         return self.registry.set_alias(owner, model, alias, version, actor)

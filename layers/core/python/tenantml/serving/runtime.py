@@ -224,13 +224,18 @@ class Artifacts:
 class Loader:
     """Builds a LoadedModel from a version's verified artifacts."""
 
-    def __init__(self, options: Callable[[], ort.SessionOptions] = session_options) -> None:
-        self._options = options
+    def __init__(self, options: Callable[[], ort.SessionOptions] = session_options, *,
+                 inspect: Callable[[str], None] | None = None) -> None:
+        """`inspect(path)` runs on each verified model file before onnxruntime opens it (registration's
+        external-data check); it raises to refuse the file."""
+        self._options, self._inspect = options, inspect
 
     def _session(self, artifacts: Artifacts, name: str) -> tuple[ort.InferenceSession, int]:
         """A session created from a file rather than from bytes: onnxruntime copies a bytes buffer before
         parsing it (one extra model size of peak RSS), and the file is filled chunk by chunk."""
         with artifacts.file(name) as (path, size):
+            if self._inspect is not None:
+                self._inspect(path)
             session = ort.InferenceSession(path, sess_options=self._options(),
                                            providers=["CPUExecutionProvider"])
         return session, size
