@@ -172,13 +172,23 @@ def _is_signal_counter(statement: dict) -> bool:
         "TablesSignals" in json.dumps(r) for r in as_list(statement["Resource"]))
 
 
+def _is_signal_write(statement: dict) -> bool:
+    """Counters (UpdateItem ADD, inference) or a window's accuracy (PutItem, drift_worker), on the signals
+    table only (tenantml.rollout.signals)."""
+    return set(as_list(statement["Action"])) <= {"dynamodb:UpdateItem", "dynamodb:PutItem"} and all(
+        "TablesSignals" in json.dumps(r) for r in as_list(statement["Resource"]))
+
+
 def test_only_the_registry_and_rollback_functions_write_the_registry(stateless):
     granted = actions(_statements(stateless, "registry"))
-    assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "s3:PutObject"} <= granted
+    # Transactions of Puts and ConditionChecks (and the Delete of an ending rollout's marker); no Update.
+    assert {"dynamodb:PutItem", "dynamodb:ConditionCheckItem", "dynamodb:DeleteItem",
+            "s3:PutObject"} <= granted
+    assert not granted & {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:Scan"}
     for name in ("inference", "drift_worker"):
         dynamo_writes = [s for s in _writes(stateless, name)
                          if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
-        assert dynamo_writes and all(_is_signal_counter(s) or _on_tables(s, "Requests", "Idempotency")
+        assert dynamo_writes and all(_is_signal_write(s) or _on_tables(s, "Requests", "Idempotency")
                                      for s in dynamo_writes), name
     for name in ("authorizer", "publisher", "drift_scheduler", "gpu_dispatch", "gpu_result"):
         assert not [s for s in _writes(stateless, name) if "TablesRegistry" in json.dumps(s["Resource"])]
@@ -191,7 +201,6 @@ OBJECT_PREFIXES = {
     "inference": {"/models/*", "/capture/*", "/feedback/*", "/async/input/*", "/async/results/*"},
     "gpu_result": {"/async/output/*", "/async/failures/*", "/async/results/*"},   # SageMaker's -> tenant's
     "registry": {"/models/*", "/reports/*"},       # reports: GET /admin/models/{model}/drift
-    "drift_scheduler": {"/capture/*"},
     "drift_worker": {"/capture/*", "/feedback/*", "/models/*", "/reports/*"},
 }
 
@@ -207,6 +216,23 @@ def test_object_access_is_scoped_to_its_prefixes(stateless, name):
             if isinstance(resource, dict) and "Fn::Join" in resource:
                 seen.add(resource["Fn::Join"][1][-1])
     assert seen == OBJECT_PREFIXES[name]
+
+
+def test_the_drift_scheduler_only_lists_capture_keys(stateless):
+    """It plans jobs from the capture partitions' names: ListBucket under capture/, no object reads."""
+    s3 = [s for s in _statements(stateless, "drift_scheduler") if "s3:" in json.dumps(s["Action"])]
+    (listing,) = s3
+    assert listing["Action"] == "s3:ListBucket"
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["capture/*"]}}
+
+
+def test_no_role_lists_the_bucket_unconditioned_but_the_registry(stateless):
+    """Listing is scoped by s3:prefix; the registry's exception: S3 answers NoSuchKey (not AccessDenied) for
+    a missing artifact only to a caller with ListBucket on the bucket, which it checks without a prefix."""
+    for d in resources.FUNCTIONS:
+        for statement in _statements(stateless, d.name):
+            if "s3:ListBucket" in as_list(statement["Action"]) and "Condition" not in statement:
+                assert d.name == "registry", statement
 
 
 # --- REST API ----------------------------------------------------------------------------------------
