@@ -309,13 +309,20 @@ def test_statement_evaluation(statement, expected):
     assert policy_allows({"policyDocument": {"Statement": [statement]}}, ARN) is expected
 
 
-def test_conditional_deny_applies():
-    pol = {"Statement": [
-        {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": STAGE},
-        {"Effect": "Deny", "Action": "execute-api:Invoke", "Resource": STAGE,
-         "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
-    ]}
-    assert not policy_allows(pol, ARN)
+@pytest.mark.parametrize("deny", [
+    # names another method only: it is the Condition (which cannot be evaluated) that makes it apply
+    {"Effect": "Deny", "Action": "execute-api:Invoke", "Resource": STAGE.replace("/*/*", "/GET/other"),
+     "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+    # names this request too: a Deny statement with a Condition is never skipped
+    {"Effect": "Deny", "Action": "execute-api:Invoke", "Resource": STAGE,
+     "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+])
+def test_conditional_deny_applies(deny):
+    allow = {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": STAGE}
+    assert policy_allows({"Statement": [allow]}, ARN)
+    assert policy_allows({"Statement": [allow, {k: v for k, v in deny.items() if k != "Condition"}]},
+                         ARN) is (deny["Resource"] != STAGE)
+    assert not policy_allows({"Statement": [allow, deny]}, ARN)
 
 
 def test_bare_policy_document_and_single_statement_object():

@@ -267,13 +267,17 @@ def _parse_authorizer_output(out: Any) -> AuthorizerResult:
     return AuthorizerResult(principal, policy, dict(context))
 
 
+_ALLOW_ALL = {"Effect": "Allow", "Action": "*", "Resource": "*"}
+
+
 def _explicit_deny(policy: dict, method_arn: str, allows: PolicyCheck) -> bool:
-    """Does a Deny statement match this ARN? (Asked of the same matcher, with the Deny turned into Allow.)"""
+    """Is this ARN refused by a Deny statement (not just for want of an Allow)? Asked of the same matcher:
+    the policy's Deny statements under an Allow of everything. So a Deny the matcher applies without
+    matching it (one with a Condition, NotAction or NotResource: it fails closed) counts as explicit too."""
     statements = policy.get("Statement")
     statements = statements if isinstance(statements, list) else [statements]
-    denies = [{**s, "Effect": "Allow"} for s in statements
-              if isinstance(s, dict) and str(s.get("Effect", "")).lower() == "deny"]
-    return bool(denies) and allows({**policy, "Statement": denies}, method_arn)
+    denies = [s for s in statements if isinstance(s, dict) and str(s.get("Effect", "")).lower() == "deny"]
+    return bool(denies) and not allows({**policy, "Statement": [_ALLOW_ALL, *denies]}, method_arn)
 
 
 def _default_policy_check() -> PolicyCheck:
