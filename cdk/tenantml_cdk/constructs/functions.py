@@ -2,7 +2,8 @@
 `tenantml.resources.FunctionDef`, with the same runtime, architecture, layers, tracing and logging.
 
 A function gets its own role with nothing but write access to its own log group (and X-Ray, which
-tracing adds); data access is granted by the stack, per function, with `grant_*`.
+tracing adds); data access is granted per function by constructs/access.py, exactly the calls its code
+makes (cdk/tenantml_cdk/permissions.py).
 """
 
 from __future__ import annotations
