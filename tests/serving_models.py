@@ -8,6 +8,7 @@ Importable from every suite (pytest puts tests/ on sys.path for tests/conftest.p
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,6 +178,20 @@ def tabular_version(owner: str = SHARED_TENANT, name: str = "project-risk", *, z
                         labels={"risk": RISK_LABELS}, features=FEATURES, files=_files(artifacts),
                         build={"onnx_outputs": onnx_outputs})
     return Version(owner, manifest, artifacts, version)
+
+
+@functools.cache
+def _cached_tabular(name: str) -> Version:
+    return tabular_version(name=name)
+
+
+def tabular_with(name: str = "project-risk", **files: bytes) -> tuple[Manifest, dict[str, bytes]]:
+    """The tiny tabular model (built once) named `name`, with `files` added or replaced: its manifest (every
+    file with its real sha256 and size) and its files. For tests that register a version: registration
+    loads the model as serving would, so placeholder bytes are refused."""
+    v = _cached_tabular("project-risk")
+    artifacts = {**v.artifacts, **files}
+    return v.manifest.model_copy(update={"name": name, "files": _files(artifacts)}), artifacts
 
 
 # --- text baselines -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import boto3
 import numpy as np
 import pytest
 from moto_env import AWS, NAMES, lambda_account, local_functions
+from serving_models import tabular_with
 
 from tenantml import resources
 from tenantml.events import DriftDetected, parse_detail
@@ -22,7 +23,6 @@ from tenantml.monitoring import build_baseline
 from tenantml.monitoring.capture import encode_frame, frame_key
 from tenantml.monitoring.feedback import FeedbackBatch, encode_batch, feedback_key
 from tenantml.registry.dynamo import DynamoRegistry
-from tenantml.registry.memory import manifest_for
 from tenantml.registry.s3 import S3ArtifactStore
 from tenantml.registry.service import RegistrationService
 
@@ -46,12 +46,11 @@ def reference(rows: int = 5000, seed: int = 0):
 
 
 def register(model: str, tenant: str = "acme", *, with_baseline: bool = True) -> None:
-    files = {"model.onnx": b"onnx bytes of " + model.encode()}
-    if with_baseline:
-        files["baseline.json"] = reference().model_dump_json().encode()
+    extra = {"baseline.json": reference().model_dump_json().encode()} if with_baseline else {}
+    manifest, files = tabular_with(model, **extra)   # a real model: registration loads it
     svc = RegistrationService(DynamoRegistry(NAMES.tables["registry"], AWS),
                               S3ArtifactStore(NAMES.buckets["artifacts"], AWS))
-    svc.register(owner=tenant, model=model, manifest=manifest_for(model, files), actor="tester", files=files,
+    svc.register(owner=tenant, model=model, manifest=manifest, actor="tester", files=files,
                  aliases=["production"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from serving_models import tabular_with
 
 from tenantml import cli
 from tenantml.errors import BadRequest, Conflict
@@ -14,14 +15,15 @@ from tenantml.registry.cli import format_models, register_folder
 from tenantml.registry.memory import MemoryArtifactStore, MemoryRegistry, manifest_for
 from tenantml.settings import reset_settings
 
-FILES = {"model.onnx": b"\x08\x07tabular", "baseline.json": b'{"features": {}}'}
 
-
-def build(folder, files=FILES, name="project-risk", **kw):
+def build(folder, name="project-risk", **replace: bytes):
+    """A built model folder: the tiny tabular model (registration loads it) and a baseline, `replace`
+    overriding file contents (the manifest lists them with their real sha256 and size)."""
+    manifest, files = tabular_with(name, **{"baseline.json": b'{"features": {}}', **replace})
     folder.mkdir(parents=True, exist_ok=True)
     for n, data in files.items():
         (folder / n).write_bytes(data)
-    (folder / "manifest.json").write_text(manifest_for(name, files, **kw).model_dump_json(indent=2))
+    (folder / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     return folder
 
 
@@ -62,7 +64,8 @@ def test_register_folder_with_model_and_version_for_the_shared_tenant(tmp_path):
 
 def test_local_files_are_checked_before_anything_is_uploaded(tmp_path):
     folder = build(tmp_path / "m")
-    (folder / "model.onnx").write_bytes(b"\x08\x07tabulaR")
+    model = (folder / "model.onnx").read_bytes()
+    (folder / "model.onnx").write_bytes(model[:-1] + bytes([model[-1] ^ 1]))   # same size, other bytes
     store = MemoryArtifactStore()
     with pytest.raises(BadRequest, match="model.onnx"):
         register_folder(folder, "acme", MemoryRegistry(), store)
@@ -100,6 +103,17 @@ def test_cli_reports_errors_on_stderr_with_a_nonzero_exit(tmp_path, fakes, capsy
     assert "already exists" in capsys.readouterr().err
     assert cli.main(["models", "list", "--tenant", "nobody"]) == 0
     assert "no models" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_model_that_is_not_onnx_with_one_line_and_uploads_nothing(tmp_path, fakes, capsys):
+    registry, store = fakes
+    folder = build(tmp_path / "project-risk", **{"model.onnx": b"not an onnx model at all"})
+    assert cli.main(["models", "register", str(folder), "--tenant", "acme"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: ")
+    assert "'model.onnx'" in captured.err and "not a valid ONNX model" in captured.err
+    assert store.objects == {} and registry.list_models("acme") == []
 
 
 def test_cli_without_settings_or_a_platform_says_how_to_start_one(tmp_path, monkeypatch, capsys):

@@ -13,7 +13,7 @@ import pytest
 from tenantml import resources
 from tenantml.api.registry_routes import create_app
 from tenantml.registry.memory import MemoryArtifactStore, MemoryRegistry, manifest_for
-from tenantml.registry.service import RegistrationService
+from tenantml.registry.service import RegistrationService, parse_manifest
 
 
 @pytest.fixture
@@ -157,9 +157,11 @@ def test_bad_base64_and_mismatching_files_register_nothing(call, load_event, svc
 
 
 def test_aliases_and_versions(call, load_event, svc):
-    assert call(load_event("registry-register-version"))[0] == 201
-    files = {"model.onnx": b"v2"}
-    svc.register(owner="acme", model="churn-risk", manifest=manifest_for("churn-risk", files), actor="u",
+    register = load_event("registry-register-version")
+    assert call(register)[0] == 201
+    body = json.loads(register["body"])
+    files = {n: base64.b64decode(d) for n, d in body["files"].items()}   # the event's real model again
+    svc.register(owner="acme", model="churn-risk", manifest=parse_manifest(body["manifest"]), actor="u",
                  files=files)
     status, body, _ = call(with_body(load_event("registry-set-alias"), {"version": "2"}))
     assert (status, body) == (200, {"model": "churn-risk", "alias": "production", "version": "2",
@@ -277,7 +279,7 @@ def test_quota_and_content_refusals_are_stable_json_with_their_statuses(load_eve
 
     from tenantml.registry.service import Quotas
 
-    svc = RegistrationService(MemoryRegistry(), MemoryArtifactStore(), validate_content=True,
+    svc = RegistrationService(MemoryRegistry(), MemoryArtifactStore(),
                               quotas=Quotas(max_models_per_tenant=1, max_manifest_bytes=4096))
     app = create_app(svc)
 

@@ -11,8 +11,9 @@ Nothing is registered when a check fails. `manifest.json` is written beside the 
 Quotas (`Quotas`, from RegistrySettings), checked before anything is written: models per tenant and
 versions per model (409: the registry's current state refuses it, retrying will not help), files and
 bytes per version and the manifest's size (413). Counts are the owner's own, never another tenant's.
-With `validate_content` (the admin API), the files must also load the way serving loads them
-(tenantml.registry.validation; 400 naming the file). A registration that fails after it has written
+Every path (the admin API, `tenantml models register`, local mode) also checks that the files load the
+way serving loads them (tenantml.registry.validation; 400 naming the file); `validate_content=False` is
+an opt-out for tests that register placeholder bytes only. A registration that fails after it has written
 objects deletes the ones it wrote (and only those) unless the version got registered meanwhile.
 
 Who may register (check_write_access): through the admin API a caller with scope `models:write` writes
@@ -115,7 +116,7 @@ def named(manifest: Manifest, model: str) -> Manifest:
 class RegistrationService:
     def __init__(self, registry: ModelRegistry, store: VerifiedArtifactStore, *,
                  max_inline_bytes: int = MAX_INLINE_BYTES, quotas: Quotas | None = None,
-                 validate_content: bool = False) -> None:
+                 validate_content: bool = True) -> None:
         self.registry = registry
         self.store = store
         self.max_inline_bytes = max_inline_bytes
@@ -124,13 +125,12 @@ class RegistrationService:
 
     @classmethod
     def from_settings(cls, settings: RegistrySettings, aws: AwsSettings) -> RegistrationService:
-        """The admin API's service: the configured quotas, and content validation on (tenants' uploads)."""
+        """The admin API's service: the configured quotas (content validation is on, as everywhere)."""
         from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
         from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415
 
         return cls(DynamoRegistry(settings.registry_table, aws),
-                   S3ArtifactStore(settings.artifact_bucket, aws), quotas=Quotas.from_settings(settings),
-                   validate_content=True)
+                   S3ArtifactStore(settings.artifact_bucket, aws), quotas=Quotas.from_settings(settings))
 
     def check_quotas(self, owner: str, model: str, manifest: Manifest) -> None:
         """The version's size (413) and the owner's counts (409), before anything is written. Counts only
