@@ -43,8 +43,9 @@ Defaults, and how they compare with Triton's dynamic batcher and BentoML's adapt
   invocations) share a run for at most that much added latency, and nothing is added at low load.
 - `max_queue` = 256 requests (TENANTML_GPU_MAX_QUEUE), Triton's `max_queue_size` (which also counts
   requests and rejects beyond it). 256 is 8 full batches: a few hundred ms of backlog on a GPU, seconds
-  on CPU; far more than the async endpoint sends at once (its default here is 4 concurrent invocations),
-  so it only trips when something upstream misbehaves, and then it fails fast instead of timing out.
+  on CPU; far more than the async endpoint sends at once (its default here is 32 concurrent invocations
+  per instance, one full batch: cdk/tenantml_cdk/config.py), so it only trips when something upstream
+  misbehaves, and then it fails fast instead of timing out.
 
 Length buckets (`plan_buckets`, used by the model for text): a batch's rows are sorted by token count and
 cut into runs that minimise `runs x overhead + padded tokens` (an exact dynamic programme over the
