@@ -41,7 +41,7 @@ from typing import Any
 
 from tenantml.aws import client
 from tenantml.gpu import requests as rq
-from tenantml.settings import AwsSettings
+from tenantml.settings import AwsSettings, environment
 
 log = logging.getLogger("tenantml-local.sagemaker")
 _PATH_PREFIX, _PATH_SUFFIX = "/endpoints/", "/async-invocations"
@@ -89,7 +89,7 @@ class ContainerProcess:
     def start(self) -> None:
         if self.running:
             return
-        env = {**os.environ, **self._env, "PYTHONPATH": os.pathsep.join([str(self.root), *sys.path])}
+        env = environment({**self._env, "PYTHONPATH": os.pathsep.join([str(self.root), *sys.path])})
         self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "gpu_endpoint.server", "--model-dir", str(self.model_dir),
              "--port", str(self.port)], cwd=self.root, env=env, stdin=subprocess.DEVNULL,
