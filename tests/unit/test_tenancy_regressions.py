@@ -8,14 +8,18 @@ what those left unasserted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import textwrap
 from pathlib import Path
 
+import jwt
 import numpy as np
 import pytest
 import serving_models as sm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import RSAAlgorithm
 
 from tenantml.api import inference_routes, registry_routes
 from tenantml.api.context import caller_from_event
@@ -692,3 +696,101 @@ def test_jwks_key_count_bound(keys):
     many = [{**jwk, "kid": f"k{i}"} for i in range(MAX_KEYS + 5)]
     assert len(parse_jwks({"keys": many})) == MAX_KEYS
 
+
+
+# --- survivors of the auth/ mutation run (make mutation), one test each ------------------------------------
+
+
+def test_policy_action_matches_case_insensitively_but_resources_do_not():
+    from tenantml.auth.policy import policy_allows
+
+    arn = "arn:aws:execute-api:eu-west-1:123456789012:abcdef1234/prod/POST/v2/models/clf/infer"
+    lower = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "execute-api:invoke",
+                                                     "Resource": arn}]}
+    other_case = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "execute-api:Invoke",
+                                                          "Resource": arn.replace("/clf/", "/CLF/")}]}
+    assert policy_allows(lower, arn)              # IAM action names are case-insensitive
+    assert not policy_allows(other_case, arn)     # resource ARNs are not
+
+
+def test_policy_not_action_allow_is_ignored_and_a_malformed_statement_skips_only_itself():
+    from tenantml.auth.policy import policy_allows
+
+    arn = "arn:aws:execute-api:eu-west-1:123456789012:abcdef1234/prod/GET/v2/models"
+    allow = {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": arn}
+    not_action = {"Effect": "Allow", "NotAction": "s3:*", "Resource": arn}
+    assert not policy_allows({"Statement": [not_action]}, arn)
+    assert policy_allows({"Statement": ["not a statement", allow]}, arn)
+
+
+def test_bearer_token_with_headers_that_are_not_a_mapping_is_missing():
+    from tenantml.auth import MissingToken
+    from tenantml.auth.policy import bearer_token
+
+    with pytest.raises(MissingToken):
+        bearer_token({"headers": [("Authorization", "Bearer abc.def.ghi")]})
+
+
+def test_jwks_cache_defaults_are_five_minutes_and_one_minute():
+    from tenantml.auth.jwks import JwksCache, StaticJwksSource
+
+    calls: list[float] = []
+    now = [0.0]
+
+    class Counting(StaticJwksSource):
+        def fetch(self):
+            calls.append(now[0])
+            return super().fetch()
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    cache = JwksCache(Counting({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}),
+                      clock=lambda: now[0])
+    cache.get("k1")
+    now[0] = 299.0
+    cache.get("k1")
+    assert len(calls) == 1                        # fresh for 300 s
+    now[0] = 300.5
+    cache.get("k1")
+    assert len(calls) == 2                        # refetched after the TTL
+    now[0] = 330.0
+    with contextlib.suppress(Exception):
+        cache.get("unknown-kid")                  # an unknown kid refetches at most once a minute
+    assert len(calls) == 2
+
+
+def test_dev_jwks_members_are_unpadded_fixed_width_base64url_with_rfc7638_kids():
+    import base64
+    import hashlib
+
+    from tenantml.auth.devkeys import DevKeys
+
+    keys = DevKeys(rsa_private=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                   ec_private=ec.generate_private_key(ec.SECP256R1()))
+
+    def unb64(value: str) -> bytes:
+        assert "=" not in value and "+" not in value and "/" not in value
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+    rsa_jwk, ec_jwk = keys.jwks()["keys"]
+    assert len(unb64(rsa_jwk["n"])) == 256 and unb64(rsa_jwk["e"]) == b"\x01\x00\x01"
+    assert len(unb64(ec_jwk["x"])) == 32 and len(unb64(ec_jwk["y"])) == 32
+    for jwk, members in ((rsa_jwk, ("e", "kty", "n")), (ec_jwk, ("crv", "kty", "x", "y"))):
+        canonical = "{" + ",".join(f'"{m}":"{jwk[m]}"' for m in members) + "}"   # RFC 7638 section 3
+        digest = base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=")
+        assert jwk["kid"] == digest.decode()
+
+
+def test_dev_tokens_carry_the_defaults_and_the_registered_claims():
+    from tenantml.auth.devkeys import DevKeys
+
+    keys = DevKeys(rsa_private=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                   ec_private=ec.generate_private_key(ec.SECP256R1()))
+    token = keys.mint("acme", now=1_000_000)
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert header["typ"] == "JWT" and header["kid"] == keys.kids["RS256"]
+    assert claims["sub"] == "dev-user" and claims["exp"] - claims["iat"] == 3600
+    assert claims["nbf"] == claims["iat"] == 1_000_000 and len(claims["jti"]) == 32
+    assert jwt.decode(keys.mint("acme", ttl=1, now=1_000_000), options={"verify_signature": False})["exp"] \
+        == 1_000_001
