@@ -53,17 +53,22 @@ def work_item_texts() -> list[str]:
 
 
 class ServerProcess:
-    """`python -m gpu_endpoint.server` on 127.0.0.1 and a free port; `stats()` reads its /stats."""
+    """`python -m gpu_endpoint.server` on 127.0.0.1 and a free port, its JSON log lines read as they come
+    (`lines`, `events`); `ready` is the ready event, None if it exited first (`check`: raise then).
+    Used by the benchmark and the container tests."""
 
-    def __init__(self, model_dir: Path, env: dict[str, str], *, timeout_s: float = 300.0) -> None:
+    ENDED = ("ready", "load_failed", "config_invalid", "bind_failed")
+
+    def __init__(self, model_dir: Path, env: dict[str, str] | None = None, *args: str,
+                 timeout_s: float = 300.0, check: bool = True) -> None:
         pythonpath = os.pathsep.join([str(ROOT), *[p for p in sys.path if p]])
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "gpu_endpoint.server", "--model-dir", str(model_dir), "--port", "0"],
-            cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": pythonpath}, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [sys.executable, "-m", "gpu_endpoint.server", "--model-dir", str(model_dir), "--port", "0",
+             *args], cwd=ROOT, env={**os.environ, **(env or {}), "PYTHONPATH": pythonpath},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
-        self.ready: dict[str, Any] | None = None
-        got_ready = threading.Event()
+        self.events: list[dict[str, Any]] = []
+        started = threading.Event()
 
         def read() -> None:
             assert self.proc.stdout is not None
@@ -73,16 +78,19 @@ class ServerProcess:
                     event = json.loads(line)
                 except ValueError:
                     continue
-                if event.get("event") in ("ready", "load_failed", "config_invalid", "bind_failed"):
-                    self.ready = event
-                    got_ready.set()
-            got_ready.set()
+                self.events.append(event)
+                if event.get("event") in self.ENDED:
+                    started.set()
+            started.set()
 
-        threading.Thread(target=read, daemon=True).start()
-        if not got_ready.wait(timeout_s) or not self.ready or self.ready.get("event") != "ready":
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        started.wait(timeout_s)
+        self.ready = next((e for e in self.events if e.get("event") == "ready"), None)
+        self.port = int(self.ready["port"]) if self.ready else 0
+        if check and self.ready is None:
             self.stop()
             raise RuntimeError("the server did not start:\n" + "\n".join(self.lines[-20:]))
-        self.port = int(self.ready["port"])
 
     def get(self, path: str) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -95,14 +103,16 @@ class ServerProcess:
     def stats(self) -> dict[str, Any]:
         return self.get("/stats").get("batcher", {})
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM (kill after 30 s); the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(10)
+        self._reader.join(5)
+        return self.proc.wait(10)
 
 
 def infer_body(text: str) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ import serving_models as sm
 
 from gpu_endpoint import model as gm
 from gpu_endpoint import server as gs
+from gpu_endpoint.bench import ServerProcess
 from tenantml import SHARED_TENANT
 from tenantml.errors import TenantMLError
 from tenantml.manifest import Manifest
@@ -89,38 +89,13 @@ def tiny_dir(tmp_path_factory) -> Path:
     return write_version(tmp_path_factory.mktemp("tiny-embed"), sm.embedding_version(max_length=16))
 
 
-class Container:
-    """`python -m gpu_endpoint.server --model-dir DIR --port 0` on CPU; stopped by its pid."""
+class Container(ServerProcess):
+    """The benchmark's server process on CPU; a failed start is kept for the test to inspect."""
 
     def __init__(self, model_dir: Path, env: dict[str, str] | None = None, *args: str,
                  timeout_s: float = 180.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpu_endpoint.server", "--model-dir", str(model_dir), "--port", "0",
-             *args],
-            cwd=ROOT, env={**os.environ, "TENANTML_GPU_DEVICE": "cpu", **(env or {})},
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self.events: list[dict[str, Any]] = []
-        started = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                self.events.append(event)
-                if event.get("event") in ("ready", "load_failed", "config_invalid", "bind_failed"):
-                    started.set()
-            started.set()
-
-        self._reader = threading.Thread(target=read, daemon=True)
-        self._reader.start()
-        started.wait(timeout_s)
-        self.ready = next((e for e in self.events if e.get("event") == "ready"), None)
-        self.port = int(self.ready["port"]) if self.ready else 0
+        super().__init__(model_dir, {"TENANTML_GPU_DEVICE": "cpu", **(env or {})}, *args,
+                         timeout_s=timeout_s, check=False)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -135,16 +110,6 @@ class Container:
 
     def infer(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         return self.request("POST", "/invocations", body, headers)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._reader.join(5)
-        return self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
