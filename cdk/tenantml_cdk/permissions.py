@@ -20,6 +20,14 @@ Resource kinds (access.py turns them into ARNs):
   bus:platform             the platform event bus
   alarms:<name prefix>*    CloudWatch alarms of this account and region whose names start with the prefix
   endpoint:gpu             the SageMaker async endpoint (only where the stack deploys one)
+  role:tenant-data         the function's own tenant data role (AssumeRole + TagSession)
+
+Tenant-scoped calls (`TENANT_CALLS`): what inference and the drift worker do on behalf of one tenant runs
+with their tenant data role's credentials, assumed with the session tag tenant=<tenant>
+(tenantml.tenancy). Those calls are declared separately, with `{tenant}` in the kind: IAM fills it in from
+the session tag (`${aws:PrincipalTag/tenant}`), so the role reaches only the tenant's prefixes and
+partitions, plus the shared ones where a kind names `_shared`. Extra kinds there:
+  partition:<TableDef.id>:<key>   items whose partition key is <key> (dynamodb:LeadingKeys), e.g. T#{tenant}
 """
 
 from __future__ import annotations
@@ -43,12 +51,18 @@ GPU_ENDPOINT = "endpoint:gpu"
 
 MODELS = f"{resources.ARTIFACT_PREFIX}/*"    # model artifacts: models/<tenant>/<model>/<version>/<file>
 CAPTURE = "capture/*"
-FEEDBACK = "feedback/*"
 REPORTS = "reports/*"
-ASYNC_INPUT = "async/input/*"       # tenantml.gpu.requests: the OIP payloads the endpoint reads
 ASYNC_RESULTS = "async/results/*"   # answers copied under their tenant
 ASYNC_OUTPUT = "async/output/*"     # what SageMaker writes (S3OutputPath)
 ASYNC_FAILURES = "async/failures/*"  # and its failures (S3FailurePath)
+
+
+TENANT_DATA_ROLE = "role:tenant-data"
+TENANT = "{tenant}"                      # the acting tenant: ${aws:PrincipalTag/tenant} in the policy
+
+
+def partition(table: str, key: str) -> str:
+    return f"partition:{table}:{key}"
 
 
 def objects(prefix: str) -> str:
@@ -66,22 +80,60 @@ _IDEMPOTENCY_RECORDS = frozenset({
     ("dynamodb:UpdateItem", IDEMPOTENCY), ("dynamodb:DeleteItem", IDEMPOTENCY),
 })
 
+# The tenant data role's credentials (tenantml.tenancy.TenantSessions): AssumeRole with the tenant tag.
+_ACT_FOR_TENANTS = frozenset({("sts:AssumeRole", TENANT_DATA_ROLE), ("sts:TagSession", TENANT_DATA_ROLE)})
+
+_OWN = f"T#{TENANT}"                     # the acting tenant's registry / requests partition
+_SHARED = "T#_shared"                    # the shared models' registry partition
+
+
+def _registry_reads(*actions: str) -> frozenset[Call]:
+    """Registry reads of a resolution: the tenant's own partition and the shared one."""
+    table = resources.REGISTRY_TABLE.id
+    return frozenset((a, partition(table, key)) for a in actions for key in (_OWN, _SHARED))
+
+
+def _model_reads() -> frozenset[Call]:
+    return frozenset({("s3:GetObject", objects(f"{resources.ARTIFACT_PREFIX}/{TENANT}/*")),
+                      ("s3:GetObject", objects(f"{resources.ARTIFACT_PREFIX}/_shared/*"))})
+
+
+TENANT_CALLS: Mapping[str, frozenset[Call]] = {
+    "inference": _registry_reads(
+        "dynamodb:BatchGetItem",               # registry.dynamo._read_models (resolve: own + shared)
+        "dynamodb:GetItem",                    # registry.dynamo._read_version (resolve)
+        "dynamodb:Query",                      # registry.dynamo.list_models (GET /v2/models)
+    ) | _model_reads() | frozenset({           # registry.s3.S3ArtifactStore.get/download (model loading)
+        ("s3:PutObject", objects(f"feedback/tenant={TENANT}/*")),   # InferenceService.feedback
+        ("s3:PutObject", objects(f"async/input/tenant={TENANT}/*")),     # gpu.submit: the payload
+        ("s3:GetObject", objects(f"async/results/tenant={TENANT}/*")),   # gpu.submit: the answer
+        ("dynamodb:PutItem", partition(resources.REQUESTS_TABLE.id, _OWN)),    # RequestStore.create
+        ("dynamodb:GetItem", partition(resources.REQUESTS_TABLE.id, _OWN)),    # RequestStore.get
+        ("dynamodb:UpdateItem", partition(resources.REQUESTS_TABLE.id, _OWN)),  # RequestStore.failed
+    }),
+    "drift_worker": _registry_reads(
+        "dynamodb:BatchGetItem", "dynamodb:GetItem",     # registry.dynamo.resolve
+    ) | _model_reads() | frozenset({           # monitoring.jobs.DriftWorker._baseline (baseline.json)
+        ("s3:ListBucket", listing(f"capture/tenant={TENANT}/*")),   # monitoring.jobs.CaptureIndex.frames
+        ("s3:GetObject", objects(f"capture/tenant={TENANT}/*")),    # monitoring.jobs.CaptureIndex.read
+        ("s3:ListBucket", listing(f"feedback/tenant={TENANT}/*")),  # monitoring.feedback.FeedbackIndex
+        ("s3:GetObject", objects(f"feedback/tenant={TENANT}/*")),
+        ("s3:ListBucket", listing(f"reports/tenant={TENANT}/*")),   # DriftWorker._accuracy_trend
+        ("s3:GetObject", objects(f"reports/tenant={TENANT}/*")),
+        ("s3:PutObject", objects(f"reports/tenant={TENANT}/*")),    # DriftWorker._put (JSON + HTML)
+    }),
+    "gpu_dispatch": frozenset({
+        ("dynamodb:GetItem", partition(resources.REQUESTS_TABLE.id, _OWN)),     # RequestStore.get
+        ("dynamodb:UpdateItem", partition(resources.REQUESTS_TABLE.id, _OWN)),  # .dispatched/.failed
+    }),
+}
+
 CALLS: Mapping[str, frozenset[Call]] = {
     # auth.verifier fetches the JWKS over HTTPS; no AWS call.
     "authorizer": frozenset(),
-    "inference": frozenset({
-        ("dynamodb:BatchGetItem", REGISTRY),   # registry.dynamo._read_models (resolve: own + shared)
-        ("dynamodb:GetItem", REGISTRY),        # registry.dynamo._read_version (resolve)
-        ("dynamodb:Query", REGISTRY),          # registry.dynamo.list_models (GET /v2/models)
-        ("s3:GetObject", objects(MODELS)),     # registry.s3.S3ArtifactStore.get/download (model loading)
+    "inference": _ACT_FOR_TENANTS | frozenset({   # registry, models, feedback, requests: TENANT_CALLS
         ("s3:PutObject", objects(CAPTURE)),    # serving.service._LazyCaptureWriter: capture frames
-        ("s3:PutObject", objects(FEEDBACK)),   # serving.service.InferenceService.feedback: ground truth
         ("dynamodb:UpdateItem", SIGNALS),      # rollout.signals.DynamoSignals.add (ADD to counters)
-        ("s3:PutObject", objects(ASYNC_INPUT)),    # gpu.submit.AsyncSubmitter.submit: the payload
-        ("s3:GetObject", objects(ASYNC_RESULTS)),  # gpu.submit.AsyncSubmitter.status: the answer
-        ("dynamodb:PutItem", REQUESTS),        # gpu.requests.RequestStore.create
-        ("dynamodb:GetItem", REQUESTS),        # gpu.requests.RequestStore.get (GET /v2/requests/{id})
-        ("dynamodb:UpdateItem", REQUESTS),     # gpu.requests.RequestStore.failed (could not be queued)
         ("sqs:GetQueueUrl", GPU_QUEUE),        # gpu.wiring._queue_sender (first send)
         ("sqs:SendMessage", GPU_QUEUE),        # gpu.wiring._queue_sender: the dispatch job
     }) | _IDEMPOTENCY_RECORDS,                 # gpu.submit.powertools_idempotency (Idempotency-Key)
@@ -110,17 +162,7 @@ CALLS: Mapping[str, frozenset[Call]] = {
         ("sqs:GetQueueUrl", DRIFT_QUEUE),      # monitoring.jobs.DriftScheduler.queue_url
         ("sqs:SendMessage", DRIFT_QUEUE),      # monitoring.jobs.DriftScheduler.run (SendMessageBatch)
     }) | _IDEMPOTENCY_RECORDS,                 # events.schedule.once_per_scheduled_time
-    "drift_worker": frozenset({
-        ("s3:ListBucket", listing(CAPTURE)),   # monitoring.jobs.CaptureIndex.frames
-        ("s3:GetObject", objects(CAPTURE)),    # monitoring.jobs.CaptureIndex.read
-        ("s3:ListBucket", listing(FEEDBACK)),  # monitoring.feedback.FeedbackIndex.load
-        ("s3:GetObject", objects(FEEDBACK)),   # monitoring.feedback.FeedbackIndex.load
-        ("s3:GetObject", objects(MODELS)),     # monitoring.jobs.DriftWorker._baseline (baseline.json)
-        ("s3:ListBucket", listing(REPORTS)),   # monitoring.jobs.DriftWorker._accuracy_trend
-        ("s3:GetObject", objects(REPORTS)),    # monitoring.jobs.DriftWorker._accuracy_trend
-        ("s3:PutObject", objects(REPORTS)),    # monitoring.jobs.DriftWorker._put (JSON + HTML report)
-        ("dynamodb:BatchGetItem", REGISTRY),   # registry.dynamo.resolve (_read_models)
-        ("dynamodb:GetItem", REGISTRY),        # registry.dynamo.resolve (_read_version)
+    "drift_worker": _ACT_FOR_TENANTS | frozenset({   # capture, feedback, reports, registry: TENANT_CALLS
         ("events:PutEvents", BUS),             # monitoring.jobs.DriftWorker._detected: DriftDetected
         ("dynamodb:PutItem", SIGNALS),         # rollout.signals.DynamoSignals.put_accuracy
     }),
@@ -134,9 +176,7 @@ CALLS: Mapping[str, frozenset[Call]] = {
         ("cloudwatch:DescribeAlarms", ROLLOUT_ALARMS),   # rollout.alarms.AlarmManager (AlarmNamePrefix)
         ("cloudwatch:DeleteAlarms", ROLLOUT_ALARMS),     # rollout.alarms.AlarmManager.delete
     }),
-    "gpu_dispatch": frozenset({
-        ("dynamodb:GetItem", REQUESTS),        # gpu.requests.RequestStore.get
-        ("dynamodb:UpdateItem", REQUESTS),     # gpu.requests.RequestStore.dispatched/failed
+    "gpu_dispatch": _ACT_FOR_TENANTS | frozenset({   # request items: TENANT_CALLS
         ("sqs:GetQueueUrl", GPU_QUEUE),        # gpu.wiring._queue_sender (re-queue)
         ("sqs:SendMessage", GPU_QUEUE),        # gpu.dispatch.Dispatcher: a deferred job, with backoff
         ("sagemaker:InvokeEndpointAsync", GPU_ENDPOINT),  # gpu.dispatch.Dispatcher.handle

@@ -19,11 +19,13 @@ from tenantml.settings import (
     get_publisher_settings,
     get_registry_settings,
     get_signal_settings,
+    get_tenancy_settings,
 )
 
 settings = get_drift_settings()
 worker = worker_from_settings(settings, get_registry_settings(), get_publisher_settings(), get_aws_settings(),
-                              metrics=metrics, signals_table=get_signal_settings().signals_table)
+                              metrics=metrics, signals_table=get_signal_settings().signals_table,
+                              tenancy=get_tenancy_settings())
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 

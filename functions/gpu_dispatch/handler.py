@@ -13,10 +13,17 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from tenantml.gpu.submit import DispatchJob
 from tenantml.gpu.wiring import dispatcher
 from tenantml.observability import logger, metrics
-from tenantml.settings import get_async_settings, get_aws_settings, get_registry_settings
+from tenantml.settings import (
+    get_async_settings,
+    get_aws_settings,
+    get_registry_settings,
+    get_tenancy_settings,
+)
+from tenantml.tenancy import TenantSessions
 
 dispatch = dispatcher(get_async_settings(), bucket=get_registry_settings().artifact_bucket,
-                      aws=get_aws_settings())
+                      aws=get_aws_settings(),
+                      sessions=TenantSessions.from_settings(get_tenancy_settings(), get_aws_settings()))
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 

@@ -16,7 +16,7 @@ from infra_helpers import as_list, function_role, role_statements
 from tenantml_cdk.application import STATEFUL_STACK, STATELESS_STACK
 from tenantml_cdk.constructs.functions import function_id
 from tenantml_cdk.constructs.storage import pascal
-from tenantml_cdk.permissions import CALLS, OPTIONAL_KINDS
+from tenantml_cdk.permissions import CALLS, OPTIONAL_KINDS, TENANT, TENANT_CALLS
 
 from tenantml import resources
 
@@ -29,7 +29,9 @@ SQS_CONSUMER = ("sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:GetQue
 STREAM_READER = ("dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator")
 FAILURE_SENDER = ("sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl")
 ACTION = re.compile(r"^[a-z0-9-]+:[A-Z][A-Za-z]+$")     # one named action: no wildcard, no prefix match
-KIND = re.compile(r"^(table|objects|listing|queue|alarms|bus|endpoint):[A-Za-z0-9/_*-]+$|^bucket$")
+KIND = re.compile(r"^(table|objects|listing|queue|alarms|bus|endpoint|role):[A-Za-z0-9/_*-]+$|^bucket$")
+TENANT_KIND = re.compile(r"^(objects|listing):[A-Za-z0-9/_=*{}-]+$|^partition:[a-z-]+:T#[A-Za-z0-9_{}]+$")
+PRINCIPAL_TENANT = "${aws:PrincipalTag/tenant}"
 
 
 def trigger_grants(definition: resources.FunctionDef) -> frozenset[tuple[str, str]]:
@@ -94,14 +96,53 @@ class Kinds:
                 return "logs"
             if kind == "AWS::SageMaker::Endpoint":
                 return "endpoint:gpu"
+            if kind == "AWS::IAM::Role" and "TenantDataRole" in logical:
+                return "role:tenant-data"
         raise AssertionError(f"unexpected resource {value!r}")
+
+
+def tenant_role(stateless: dict, name: str) -> str | None:
+    """The logical id of the function's tenant data role: the role its TENANTML_TENANT_ROLE_ARN names."""
+    env = stateless["Resources"][function_id(resources.function(name))]["Properties"]["Environment"]
+    value = env["Variables"].get("TENANTML_TENANT_ROLE_ARN")
+    return None if value is None else value["Fn::GetAtt"][0]
 
 
 def granted(stateless: dict, stateful: dict, name: str) -> set[tuple[str, str]]:
     """The (action, resource kind) pairs the function's role is allowed."""
+    role = function_role(stateless, function_id(resources.function(name)))
+    return _granted(stateless, stateful, role_statements(stateless, role), name)
+
+
+def tenant_granted(stateless: dict, stateful: dict, name: str) -> set[tuple[str, str]]:
+    """The (action, kind) pairs the function's tenant data role is allowed, in permissions' vocabulary:
+    ${aws:PrincipalTag/tenant} read back as {tenant}, each LeadingKeys value as a partition kind."""
+    role = tenant_role(stateless, name)
     kinds = Kinds(stateless, stateful)
     out: set[tuple[str, str]] = set()
-    statements = role_statements(stateless, function_role(stateless, function_id(resources.function(name))))
+    for s in role_statements(stateless, role):
+        assert s["Effect"] == "Allow", s
+        condition = s.get("Condition") or {}
+        for action in as_list(s["Action"]):
+            for resource in as_list(s["Resource"]):
+                kind = kinds.of(resource).replace(PRINCIPAL_TENANT, TENANT)
+                if kind.startswith("table:"):
+                    assert list(condition) == ["ForAllValues:StringEquals"], f"{name}: unconditioned {s}"
+                    keys = as_list(condition["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"])
+                    out |= {(action, f"partition:{kind.removeprefix('table:')}:"
+                                     f"{k.replace(PRINCIPAL_TENANT, TENANT)}") for k in keys}
+                elif condition:
+                    assert action == "s3:ListBucket" and kind == "bucket", f"{name}: unexpected {s}"
+                    out |= {(action, f"listing:{p.replace(PRINCIPAL_TENANT, TENANT)}")
+                            for p in as_list(condition["StringLike"]["s3:prefix"])}
+                else:
+                    out.add((action, kind))
+    return out
+
+
+def _granted(stateless: dict, stateful: dict, statements: list[dict], name: str) -> set[tuple[str, str]]:
+    kinds = Kinds(stateless, stateful)
+    out: set[tuple[str, str]] = set()
     for s in statements:
         if s["Effect"] != "Allow":
             continue
@@ -154,6 +195,49 @@ def test_every_function_has_a_row_and_every_row_a_function():
     assert set(CALLS) == {d.name for d in resources.FUNCTIONS}
 
 
+def test_exactly_the_functions_that_act_for_tenants_have_a_tenant_data_role(templates):
+    with_role = {d.name for d in resources.FUNCTIONS if tenant_role(templates[0], d.name) is not None}
+    assert with_role == set(TENANT_CALLS) == {"inference", "drift_worker", "gpu_dispatch"}
+
+
+@pytest.mark.parametrize("name", sorted(TENANT_CALLS))
+def test_each_tenant_data_role_holds_exactly_its_tenant_scoped_calls(templates, name):
+    held = tenant_granted(*templates, name)
+    assert held == set(TENANT_CALLS[name]), (
+        f"granted, not declared: {_fmt(held - TENANT_CALLS[name])}; "
+        f"declared, not granted: {_fmt(TENANT_CALLS[name] - held)}")
+
+
+@pytest.mark.parametrize("name", sorted(TENANT_CALLS))
+def test_a_tenant_data_role_reaches_only_the_acting_tenant_and_shared_data(templates, name):
+    """Every object, listing and partition it names is the session tag's tenant's, or the shared
+    models'; nothing is reachable by a fixed tenant id or a bare prefix."""
+    for _action, kind in tenant_granted(*templates, name):
+        assert TENANT_KIND.match(kind), kind
+        assert TENANT in kind or kind in {"objects:models/_shared/*", "partition:registry:T#_shared"}, kind
+
+
+@pytest.mark.parametrize("name", sorted(TENANT_CALLS))
+def test_only_the_functions_own_role_may_assume_its_tenant_data_role_and_only_with_a_tenant_tag(
+        templates, name):
+    stateless = templates[0]
+    role = stateless["Resources"][tenant_role(stateless, name)]["Properties"]
+    (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
+    own = function_role(stateless, function_id(resources.function(name)))
+    assert statement["Principal"] == {"AWS": {"Fn::GetAtt": [own, "Arn"]}}
+    assert sorted(as_list(statement["Action"])) == ["sts:AssumeRole", "sts:TagSession"]
+    assert statement["Condition"] == {"StringLike": {"aws:RequestTag/tenant": "?*"},
+                                      "ForAllValues:StringEquals": {"aws:TagKeys": ["tenant"]}}
+    assert role["MaxSessionDuration"] == 3600
+
+
+def test_the_tenant_table_names_only_tenant_kinds():
+    for name, calls in TENANT_CALLS.items():
+        for action, kind in calls:
+            assert ACTION.match(action), f"{name}: {action} is not one named action"
+            assert TENANT_KIND.match(kind), f"{name}: unknown tenant-scoped kind {kind}"
+
+
 def test_the_table_names_no_wildcard_action_and_only_known_resource_kinds():
     for name, calls in CALLS.items():
         for action, kind in calls:
@@ -162,3 +246,13 @@ def test_the_table_names_no_wildcard_action_and_only_known_resource_kinds():
             if kind.startswith(("objects:", "listing:")):
                 assert kind.endswith("/*") and not kind.startswith(("objects:/", "listing:/")), (name, kind)
 
+
+
+@pytest.mark.parametrize("name", sorted(TENANT_CALLS))
+def test_a_function_may_assume_its_own_tenant_data_role_only(templates, name):
+    stateless = templates[0]
+    role = function_role(stateless, function_id(resources.function(name)))
+    sts = [s for s in role_statements(stateless, role)
+           if any(a.startswith("sts:") for a in as_list(s["Action"]))]
+    assert [s["Resource"] for s in sts] == [{"Fn::GetAtt": [tenant_role(stateless, name), "Arn"]}]
+    assert sorted(as_list(sts[0]["Action"])) == ["sts:AssumeRole", "sts:TagSession"]

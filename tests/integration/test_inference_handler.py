@@ -309,3 +309,17 @@ def test_text_models_capture_their_derived_features_into_frames(aws, monkeypatch
             assert [labels[c] for c in codes] == answered["category"]
         else:
             assert frame.categorical == {}
+
+
+def test_the_function_reads_the_registry_and_models_as_the_requesting_tenant(call, load_event):
+    """Its environment names its tenant data role; each tenant's first request assumes it once, tagged
+    with that tenant (moto's STS records the sessions; the policies are proven in
+    tests/infrastructure/test_tenant_boundary.py)."""
+    from moto.sts.models import sts_backends
+
+    assert call(load_event("inference-infer-classifier"))[0] == 200          # acme
+    assert call(as_tenant(load_event("inference-infer-embed"), "globex"))[0] == 200
+    assert call(load_event("inference-infer-risk"))[0] == 200                # acme again: cached session
+    sessions = [(r.role_arn, r.session_name) for r in sts_backends["123456789012"]["aws"].assumed_roles]
+    role = NAMES.tenant_role_arn("inference")
+    assert sessions == [(role, "tenantml-acme"), (role, "tenantml-globex")]

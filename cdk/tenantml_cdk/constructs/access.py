@@ -16,6 +16,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from tenantml import resources
+from tenantml.tenancy import TENANT_TAG
 from tenantml_cdk import permissions
 from tenantml_cdk.constructs.functions import PlatformFunction
 from tenantml_cdk.nag import acknowledge, export_name
@@ -79,7 +80,67 @@ def _resource_arn(stack: Stack, fn: PlatformFunction, data: PlatformData, family
         return arn
     if family == "endpoint":
         return endpoint.endpoint_arn if endpoint is not None else None
+    if family == "role" and name == "tenant-data" and fn.tenant_role is not None:
+        return fn.tenant_role.role_arn
     raise ValueError(f"{fn.definition.name}: unknown resource kind {family}:{name}")
+
+
+PRINCIPAL_TENANT = "${aws:PrincipalTag/" + TENANT_TAG + "}"
+
+
+def _render(kind_name: str) -> str:
+    """`{tenant}` of a permissions.TENANT_CALLS kind -> the policy variable IAM fills from the session tag."""
+    return kind_name.replace(permissions.TENANT, PRINCIPAL_TENANT)
+
+
+def grant_tenant_calls(fn: PlatformFunction, data: PlatformData) -> None:
+    """The function's tenant data role gets exactly its row of permissions.TENANT_CALLS: objects under
+    the tenant's prefixes (`${aws:PrincipalTag/tenant}` in the resource), listings conditioned on
+    s3:prefix, and items of the tenant's (and the shared) partitions only: every DynamoDB statement is
+    conditioned on ForAllValues:StringEquals dynamodb:LeadingKeys, one statement per table and action set."""
+    role = fn.tenant_role
+    if role is None or role.node.try_find_child(_GRANTED) is not None:
+        return
+    Construct(role, _GRANTED)
+    bucket_arn = data.artifact_bucket.bucket_arn
+    objects: dict[str, set[str]] = defaultdict(set)           # action -> object ARNs
+    listed: set[str] = set()
+    partitions: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))  # table -> key -> acts
+    for action, kind in permissions.TENANT_CALLS[fn.definition.name]:
+        family, _, name = kind.partition(":")
+        if family == "objects":
+            objects[action].add(f"{bucket_arn}/{_render(name)}")
+        elif family == "listing":
+            listed.add(_render(name))
+        elif family == "partition":
+            table, _, key = name.partition(":")
+            partitions[table][_render(key)].add(action)
+        else:
+            raise ValueError(f"{fn.definition.name}: unknown tenant-scoped kind {kind}")
+    for action, arns in sorted(objects.items()):
+        role.add_to_policy(iam.PolicyStatement(actions=[action], resources=sorted(arns)))
+    if listed:
+        role.add_to_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket_arn],
+                                               conditions={"StringLike": {"s3:prefix": sorted(listed)}}))
+    for table_id, keys in sorted(partitions.items()):
+        table = data.registry_table if table_id == resources.REGISTRY_TABLE.id else data.tables[table_id]
+        by_actions: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        for key, acts in keys.items():
+            by_actions[tuple(sorted(acts))].append(key)
+        # Keys with the same actions share a statement; a BatchGetItem of own + shared items passes
+        # because every key it names is in the set (ForAllValues), and fails if any key is another's.
+        for acts, allowed in sorted(by_actions.items()):
+            role.add_to_policy(iam.PolicyStatement(
+                actions=list(acts), resources=[table.table_arn],
+                conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": sorted(allowed)}}))
+    export = export_name(Stack.of(data.artifact_bucket), bucket_arn)
+    for arns in objects.values():
+        for arn in arns:
+            prefix = arn.removeprefix(f"{bucket_arn}/").replace(PRINCIPAL_TENANT, "<aws:PrincipalTag/tenant>")
+            acknowledge(role, f"AwsSolutions-IAM5[Resource::{export}/{prefix}]",
+                        f"The tenant data role reaches objects under {prefix[:-1]} only: the acting "
+                        "tenant's own prefix (from its session tag) or the shared models', keyed by model "
+                        "and version below.")
 
 
 def _ack_prefix(fn: PlatformFunction, data: PlatformData, prefix: str) -> None:
@@ -126,6 +187,7 @@ class ServingAccess(Construct):
                  data: PlatformData) -> None:
         super().__init__(scope, construct_id)
         grant_calls(function, data)
+        grant_tenant_calls(function, data)
 
 
 class RegistryAccess(Construct):
@@ -159,6 +221,7 @@ class DriftAccess(Construct):
         super().__init__(scope, construct_id)
         grant_calls(scheduler, data)
         grant_calls(worker, data)
+        grant_tenant_calls(worker, data)
 
 
 class RolloutAccess(Construct):
@@ -194,4 +257,5 @@ class AsyncAccess(Construct):
         super().__init__(scope, construct_id)
         grant_calls(inference, data)
         grant_calls(dispatch, data, endpoint=endpoint)
+        grant_tenant_calls(dispatch, data)
         grant_calls(result, data)

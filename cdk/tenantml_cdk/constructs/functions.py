@@ -19,11 +19,14 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from tenantml import resources
+from tenantml.settings import variable
+from tenantml.tenancy import TENANT_TAG
 from tenantml_cdk.config import RETENTION_DAYS, AppConfig
 from tenantml_cdk.constructs.layers import ARCHITECTURES, PYTHON_RUNTIME
 from tenantml_cdk.nag import acknowledge
 
 HANDLER = "handler.handler"
+TENANT_ROLE_VARIABLE = variable("tenant_role_arn")
 LIVE_ALIAS = "live"
 CODE_EXCLUDES = ["**/__pycache__", "**/*.pyc"]
 
@@ -44,6 +47,7 @@ class PlatformFunction:
     role: iam.Role
     log_group: logs.LogGroup
     alias: lambda_.Alias | None = None
+    tenant_role: iam.Role | None = None     # what it assumes to act for one tenant (tenantml.tenancy)
 
     @property
     def invoke_target(self) -> lambda_.IFunction:
@@ -65,9 +69,6 @@ class FunctionFactory(Construct):
         self._code_root = code_root
         self._values = dict(values)
 
-    def environment(self, definition: resources.FunctionDef) -> dict[str, str]:
-        return resources.function_environment(definition, self._values)
-
     def create(self, definition: resources.FunctionDef, *, snapstart: bool = False) -> PlatformFunction:
         name = function_id(definition)
         sizing = self._config.sizing(definition.name)
@@ -76,6 +77,13 @@ class FunctionFactory(Construct):
         role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                         description=f"tenantml {definition.name}: {definition.purpose}")
         log_group.grant_write(role)
+        values = self._values
+        tenant_role = None
+        if TENANT_ROLE_VARIABLE in definition.variables:
+            tenant_role = self._tenant_role(name, definition, role)
+            # `sam local invoke` runs with the developer's credentials, which the role does not trust:
+            # an empty value there means the function's own (the developer's) credentials.
+            values = {**values, TENANT_ROLE_VARIABLE: "" if self._config.sam_local else tenant_role.role_arn}
         function = lambda_.Function(
             self, name,
             description=f"tenantml {definition.name}: {definition.purpose}",
@@ -89,7 +97,7 @@ class FunctionFactory(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
             role=role,
-            environment=self.environment(definition),
+            environment=resources.function_environment(definition, values),
             snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if snapstart else None,
         )
         function.node.default_child.override_logical_id(name)  # type: ignore[union-attr]
@@ -111,4 +119,17 @@ class FunctionFactory(Construct):
                 "@aws-cdk/aws-lambda:snapStartRequirePublish",
                 "a version is published on every change (current_version) and the API invokes its alias")
         return PlatformFunction(definition=definition, function=function, role=role, log_group=log_group,
-                                alias=alias)
+                                alias=alias, tenant_role=tenant_role)
+
+    def _tenant_role(self, name: str, definition: resources.FunctionDef, role: iam.Role) -> iam.Role:
+        """The role the function assumes to act for one tenant: only its own role may assume it, only
+        with a `tenant` session tag (and no other tag), for at most an hour (role chaining's limit).
+        Its permissions are the function's row of permissions.TENANT_CALLS (constructs/access.py)."""
+        trusted = iam.ArnPrincipal(role.role_arn).with_conditions({
+            "StringLike": {f"aws:RequestTag/{TENANT_TAG}": "?*"},
+            "ForAllValues:StringEquals": {"aws:TagKeys": [TENANT_TAG]},
+        })
+        return iam.Role(self, f"{name}TenantDataRole", assumed_by=iam.SessionTagsPrincipal(trusted),
+                        max_session_duration=Duration.hours(1),
+                        description=f"tenantml {definition.name}, acting for one tenant (session tag "
+                                    f"{TENANT_TAG})")

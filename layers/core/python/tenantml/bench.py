@@ -199,18 +199,24 @@ def bench_command(args: argparse.Namespace) -> int:
         overrides = {**platform.state()["process_env"], **platform.env["inference"],
                      "TENANTML_PREDICTION_CACHE_SIZE": "0",
                      "TENANTML_PRELOAD_MODELS": f"_shared/{MODEL}"}
-        env = environment(overrides)
-        # Cold init, several fresh processes; median.
-        colds = []
+        # Cold init, several fresh processes; median. Alternating with the same process without a tenant
+        # data role (the function's own credentials), for what tenant-scoped access costs a cold start.
+        envs = {"cold": environment(overrides),
+                "cold_own_role": environment({**overrides, "TENANTML_TENANT_ROLE_ARN": ""})}
+        colds: dict[str, list[dict[str, float]]] = {name: [] for name in envs}
         for _ in range(5):
-            child = [sys.executable, "-c", _COLD_CHILD, str(handler_path), json.dumps(infer_event(TEXTS[:1]))]
-            proc = subprocess.run(child, env=env, capture_output=True, text=True,  # noqa: S603 - our script
-                                  timeout=120, check=False)
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                return 1
-            colds.append(json.loads(proc.stderr.strip().splitlines()[-1]))
-        results["cold"] = {k: statistics.median(c[k] for c in colds) for k in colds[0]}
+            for name, env in envs.items():
+                child = [sys.executable, "-c", _COLD_CHILD, str(handler_path),
+                         json.dumps(infer_event(TEXTS[:1]))]
+                proc = subprocess.run(child, env=env, capture_output=True,  # noqa: S603 - our script
+                                      text=True, timeout=120, check=False)
+                if proc.returncode != 0:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    return 1
+                colds[name].append(json.loads(proc.stderr.strip().splitlines()[-1]))
+        for name, runs in colds.items():
+            results[name] = {k: statistics.median(c[k] for c in runs) for k in runs[0]}
+        results["tenant_sessions"] = _tenant_session_cost(overrides)
 
         from tenantml.local.context import LambdaContext
         from tenantml.resources import FUNCTIONS
@@ -272,6 +278,39 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_session_cost(overrides: dict[str, str], tenants: int = 20) -> dict[str, float]:
+    """What a tenant's first request costs a warm environment (tenantml.tenancy): AssumeRole with the
+    tenant tag, then its DynamoDB and S3 clients; and what every later request pays to find them (a
+    context variable and a cache lookup). Medians over `tenants` new tenants, against the local emulator's
+    STS (AWS's regional STS answers in tens of milliseconds: add that for a deployment)."""
+    from tenantml.settings import AwsSettings, TenancySettings
+    from tenantml.tenancy import TenantSessions, acting_for
+
+    aws = AwsSettings.from_env(overrides)
+    sessions = TenantSessions.from_settings(TenancySettings.from_env(overrides), aws)
+    if sessions is None:
+        return {}
+    sessions.session("warmup")             # the STS client itself: made once per environment
+    assume, clients, cached = [], [], []
+    for n in range(tenants):
+        tenant = f"bench-{n}"
+        t0 = time.perf_counter()
+        sessions.session(tenant)
+        t1 = time.perf_counter()
+        sessions.client("dynamodb", tenant)
+        sessions.client("s3", tenant)
+        t2 = time.perf_counter()
+        for _ in range(100):
+            with acting_for(tenant):
+                sessions.client("s3")
+        t3 = time.perf_counter()
+        assume.append((t1 - t0) * 1000)
+        clients.append((t2 - t1) * 1000)
+        cached.append((t3 - t2) * 10)        # µs per lookup
+    return {"assume_role_ms": statistics.median(assume), "two_clients_ms": statistics.median(clients),
+            "warm_lookup_us": statistics.median(cached)}
+
+
 def _routing_overhead(platform: Any, mod: Any, ctx: Any, iterations: int) -> dict[str, Any]:
     """p50 of the handler at batch 1 on a model with a live rollout (routing by the caller's hash, the
     per-version signals and their EMF line) against the same graph without one, calls alternating."""
@@ -309,6 +348,17 @@ def _print(res: dict) -> None:
     print(f"cold init (fresh process: imports + model load + first prediction): "
           f"{c['init_and_first_s']:.3f} s (imports {c['import_s']:.3f} s), "
           f"peak RSS {c['peak_rss_mb']:.0f} MB")
+    if "cold_own_role" in res:
+        o = res["cold_own_role"]
+        print(f"tenant-scoped access: cold init {c['init_and_first_s']:.3f} s vs "
+              f"{o['init_and_first_s']:.3f} s with the function's own role "
+              f"({c['init_and_first_s'] / o['init_and_first_s']:.2f}x), peak RSS {c['peak_rss_mb']:.0f} vs "
+              f"{o['peak_rss_mb']:.0f} MB")
+    ts = res.get("tenant_sessions") or {}
+    if ts:
+        print(f"a tenant's first request in a warm environment: AssumeRole {ts['assume_role_ms']:.1f} ms "
+              f"(local STS) + its DynamoDB and S3 clients {ts['two_clients_ms']:.1f} ms; every later "
+              f"request: {ts['warm_lookup_us']:.1f} us to find them")
     for key in ("batch_1", "batch_32"):
         row = res[key]
         h, r, cap = row["handler"], row["raw_ort"], row["handler_capture_paired"]

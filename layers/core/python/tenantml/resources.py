@@ -28,6 +28,7 @@ from tenantml.settings import (
     RegistrySettings,
     ServingSettings,
     SignalSettings,
+    TenancySettings,
     variable,
 )
 
@@ -290,8 +291,8 @@ FUNCTIONS: tuple[FunctionDef, ...] = (
                 memory_mb=256, timeout_s=5),
     FunctionDef("inference", "Open Inference Protocol v2 over REST, CPU ONNX models; async submit and "
                 "poll for GPU models",
-                (ServingSettings, SignalSettings, AsyncSettings, IdempotencySettings, AwsSettings,
-                 ObservabilitySettings), memory_mb=2048, timeout_s=API_TIMEOUT_S),
+                (ServingSettings, SignalSettings, AsyncSettings, IdempotencySettings, TenancySettings,
+                 AwsSettings, ObservabilitySettings), memory_mb=2048, timeout_s=API_TIMEOUT_S),
     FunctionDef("registry", "register versions, aliases, rollouts, audit log (admin scope)",
                 (RegistrySettings, SignalSettings, AwsSettings), memory_mb=512, timeout_s=API_TIMEOUT_S),
     FunctionDef("publisher", "publish each committed registry change (audit record) on the event bus",
@@ -305,7 +306,8 @@ FUNCTIONS: tuple[FunctionDef, ...] = (
                                           local_expression="rate(5 minutes)"),)),
     FunctionDef("drift_worker", "stream a window's capture against the version's baseline; JSON + HTML "
                 "report, metrics, DriftDetected",
-                (DriftSettings, RegistrySettings, PublisherSettings, SignalSettings, AwsSettings),
+                (DriftSettings, RegistrySettings, PublisherSettings, SignalSettings, TenancySettings,
+                 AwsSettings),
                 memory_mb=1024, timeout_s=300, triggers=(SqsTrigger("drift-jobs", batch_size=5),)),
     FunctionDef("rollback", "advance canary stages or roll back to the last-known-good version; manage "
                 "the candidate's alarms", (RegistrySettings, SignalSettings, AwsSettings),
@@ -317,7 +319,8 @@ FUNCTIONS: tuple[FunctionDef, ...] = (
                           RuleTrigger("rollout-changed", {"source": ["tenantml"], "detail-type": [
                               "RolloutStarted", "RolloutCompleted", "RolloutRolledBack"]}))),
     FunctionDef("gpu_dispatch", "send queued GPU requests to the SageMaker async endpoint (S3 input); "
-                "transient faults re-queued with backoff", (AsyncSettings, RegistrySettings, AwsSettings),
+                "transient faults re-queued with backoff",
+                (AsyncSettings, RegistrySettings, TenancySettings, AwsSettings),
                 memory_mb=256, timeout_s=30, triggers=(SqsTrigger("gpu-requests", batch_size=10),)),
     FunctionDef("gpu_result", "record each SageMaker async success or error notification once",
                 (AsyncSettings, RegistrySettings, AwsSettings), memory_mb=256, timeout_s=30,
@@ -477,6 +480,9 @@ EVENTS: tuple[EventDef, ...] = (
 validate()
 
 
+LOCAL_ACCOUNT_ID = "123456789012"     # moto's default account
+
+
 @dataclass(frozen=True)
 class LocalNames:
     """Resource names used by local mode and the tests."""
@@ -495,6 +501,10 @@ class LocalNames:
 
     def function_name(self, function: str) -> str:
         return f"{self.prefix}-{function}"
+
+    def tenant_role_arn(self, function: str) -> str:
+        """The function's tenant data role (tenantml.tenancy) in the emulator's account."""
+        return f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:role/{self.prefix}-{function}-tenant-data"
 
     def log_group(self, function: str) -> str:
         """The function's CloudWatch Logs group, named as Lambda names it (local mode ships logs there)."""

@@ -92,6 +92,18 @@ class AwsSettings(_Settings):
                                       if env.get(variable("endpoint_url")) else {})})
 
 
+class TenancySettings(_Settings):
+    """Tenant-scoped data access (tenantml.tenancy): the function's tenant data role, assumed with the
+    session tag tenant=<tenant>. Unset, the function's own role is used (tests with in-memory adapters).
+    Sessions last `tenant_session_seconds` (900..3600: a Lambda role assuming another role is role
+    chaining, which STS caps at one hour) and at most `tenant_sessions_max` tenants' sessions (each with
+    its clients) are kept per execution environment, least recently used dropped first."""
+
+    tenant_role_arn: str | None = None
+    tenant_session_seconds: int = Field(default=3600, ge=900, le=3600)
+    tenant_sessions_max: int = Field(default=64, ge=1, le=4096)
+
+
 class AuthSettings(_Settings):
     """The JWT authorizer. Exactly one of jwks_url / jwks_json."""
 
@@ -258,6 +270,10 @@ def get_observability_settings() -> ObservabilitySettings:
 
 def get_aws_settings() -> AwsSettings:
     return get_settings(AwsSettings)
+
+
+def get_tenancy_settings() -> TenancySettings:
+    return get_settings(TenancySettings)
 
 
 def get_auth_settings() -> AuthSettings:

@@ -88,6 +88,14 @@ class Dispatcher:
         self._clock, self._rng = clock, rng
 
     def handle(self, job: DispatchJob, receive_count: int) -> Outcome:
+        """One job, acting for its tenant: with a scoped request store (wiring.dispatcher with tenant
+        sessions) the request item is read and moved with that tenant's credentials only."""
+        from tenantml.tenancy import acting_for  # noqa: PLC0415
+
+        with acting_for(job.tenant):
+            return self._handle(job, receive_count)
+
+    def _handle(self, job: DispatchJob, receive_count: int) -> Outcome:
         try:
             request = self.store.get(job.tenant, job.request_id)
         except Exception as exc:  # noqa: BLE001 - the table, not the request: transient

@@ -16,15 +16,23 @@ from tenantml.gpu.submit import AsyncSubmitter, powertools_idempotency
 from tenantml.registry import ModelVersion
 from tenantml.serving import oip
 from tenantml.settings import AsyncSettings, AwsSettings
+from tenantml.tenancy import ScopedClient, TenantSessions
 
 
-def _store(settings: AsyncSettings, aws: AwsSettings) -> rq.RequestStore:
-    return rq.RequestStore(client("dynamodb", aws), settings.requests_table,
+def _client(service: str, aws: AwsSettings, sessions: TenantSessions | None) -> Any:
+    """The function's own client, or one that calls as the tenant acted for (tenantml.tenancy)."""
+    return ScopedClient(sessions, service) if sessions is not None else client(service, aws)
+
+
+def _store(settings: AsyncSettings, aws: AwsSettings, sessions: TenantSessions | None = None,
+           ) -> rq.RequestStore:
+    return rq.RequestStore(_client("dynamodb", aws, sessions), settings.requests_table,
                            retention_s=settings.async_retention_days * 86400)
 
 
-def _objects(bucket: str, aws: AwsSettings) -> tuple[Callable[[str], bytes], Callable[[str, bytes], None]]:
-    s3 = client("s3", aws)
+def _objects(bucket: str, aws: AwsSettings, sessions: TenantSessions | None = None,
+             ) -> tuple[Callable[[str], bytes], Callable[[str, bytes], None]]:
+    s3 = _client("s3", aws, sessions)
 
     def get(key: str) -> bytes:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -48,12 +56,15 @@ def _queue_sender(queue_name: str, aws: AwsSettings) -> Callable[[str, int], Non
 
 
 def submitter(settings: AsyncSettings, *, bucket: str, idempotency_table: str | None,
-              aws: AwsSettings) -> AsyncSubmitter:
-    get, put = _objects(bucket, aws)
+              aws: AwsSettings, sessions: TenantSessions | None = None) -> AsyncSubmitter:
+    """The inference function's GPU backend. With `sessions`, the request item, the payload and the answer
+    are read and written as the requesting tenant; the idempotency records and the queue stay the
+    function's own."""
+    get, put = _objects(bucket, aws, sessions)
     send = _queue_sender(settings.gpu_queue_name, aws)
     idempotency = powertools_idempotency(idempotency_table, client("dynamodb", aws)) \
         if idempotency_table else None
-    return AsyncSubmitter(store=_store(settings, aws), put_object=put, get_object=get,
+    return AsyncSubmitter(store=_store(settings, aws, sessions), put_object=put, get_object=get,
                           enqueue=lambda body: send(body, 0), idempotency=idempotency)
 
 
@@ -90,9 +101,12 @@ def sagemaker_runtime(settings: AsyncSettings, aws: AwsSettings) -> Any:
     return client("sagemaker-runtime", aws)
 
 
-def dispatcher(settings: AsyncSettings, *, bucket: str, aws: AwsSettings) -> Dispatcher:
+def dispatcher(settings: AsyncSettings, *, bucket: str, aws: AwsSettings,
+               sessions: TenantSessions | None = None) -> Dispatcher:
+    """gpu_dispatch's. With `sessions`, request items are read and moved as the job's tenant; the
+    endpoint call and the re-queue stay the function's own."""
     queue = next(q for q in resources.QUEUES if q.setting == "gpu_queue_name")
-    return Dispatcher(store=_store(settings, aws), runtime=sagemaker_runtime(settings, aws),
+    return Dispatcher(store=_store(settings, aws, sessions), runtime=sagemaker_runtime(settings, aws),
                       requeue=_queue_sender(settings.gpu_queue_name, aws), bucket=bucket,
                       endpoint_name=settings.gpu_endpoint_name,
                       request_timeout_s=settings.gpu_request_timeout_seconds,

@@ -12,7 +12,9 @@ from typing import Any
 
 from tenantml import resources
 from tenantml.aws import client
-from tenantml.settings import AwsSettings
+from tenantml.settings import AwsSettings, variable
+
+TENANT_ROLE_VARIABLE = variable("tenant_role_arn")
 
 
 def table_create_args(table: resources.TableDef, name: str) -> dict[str, Any]:
@@ -120,5 +122,11 @@ def platform_values(names: resources.LocalNames, aws: AwsSettings,
 
 def local_environment(fn: resources.FunctionDef, names: resources.LocalNames, aws: AwsSettings,
                       auth: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Exactly the variables `fn` receives in local mode and in the integration tests."""
-    return resources.function_environment(fn, platform_values(names, aws, auth))
+    """Exactly the variables `fn` receives in local mode and in the integration tests. A function that acts
+    for tenants gets its tenant data role (tenantml.tenancy): moto's STS answers AssumeRole for it, and
+    its policies are proven in tests (tests/integration/test_tenant_boundary.py), as moto does not
+    evaluate session tags."""
+    values = platform_values(names, aws, auth)
+    if TENANT_ROLE_VARIABLE in fn.variables:
+        values[TENANT_ROLE_VARIABLE] = names.tenant_role_arn(fn.name)
+    return resources.function_environment(fn, values)

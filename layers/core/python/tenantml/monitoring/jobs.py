@@ -185,7 +185,7 @@ class DriftWorker:
         try:
             data = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
         except Exception as exc:  # noqa: BLE001 - a missing object is a missing baseline; others retry
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if (getattr(exc, "response", None) or {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
         if sha256_bytes(data) != entry.sha256:
@@ -193,6 +193,15 @@ class DriftWorker:
         return Baseline.model_validate_json(data)
 
     def run(self, job: DriftJob) -> DriftOutcome:
+        """The job, acting for its tenant: with tenant-scoped clients (worker_from_settings with a
+        tenant data role) its capture, feedback, baseline, registry and report calls reach that tenant's
+        data only."""
+        from tenantml.tenancy import acting_for  # noqa: PLC0415
+
+        with acting_for(job.tenant):
+            return self._run(job)
+
+    def _run(self, job: DriftJob) -> DriftOutcome:
         try:
             mv = self.registry.resolve(job.tenant, job.model, job.version)
         except ModelNotFound:
@@ -331,16 +340,20 @@ def scheduler_from_settings(settings: Any, aws: Any) -> DriftScheduler:
 
 
 def worker_from_settings(drift: Any, registry: Any, publisher: Any, aws: Any, metrics: Any | None = None,
-                         signals_table: str | None = None) -> DriftWorker:
+                         signals_table: str | None = None, tenancy: Any | None = None) -> DriftWorker:
     """drift: DriftSettings; registry: RegistrySettings; publisher: PublisherSettings; signals_table: the
-    rollout signals (SignalSettings)."""
+    rollout signals (SignalSettings); tenancy: TenancySettings. With a tenant data role, the job's S3 and
+    registry calls run as the job's tenant (tenantml.tenancy); the bus and the signals stay the function's."""
     from tenantml.aws import client  # noqa: PLC0415
     from tenantml.events.bus import EventBridgeBus  # noqa: PLC0415
     from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
+    from tenantml.tenancy import ScopedClient, TenantSessions  # noqa: PLC0415
 
-    s3 = client("s3", aws)
+    sessions = TenantSessions.from_settings(tenancy, aws) if tenancy is not None else None
+    s3 = ScopedClient(sessions, "s3") if sessions is not None else client("s3", aws)
+    ddb = ScopedClient(sessions, "dynamodb") if sessions is not None else client("dynamodb", aws)
     return DriftWorker(index=CaptureIndex(s3, drift.artifact_bucket),
-                       registry=DynamoRegistry(registry.registry_table, aws),
+                       registry=DynamoRegistry(registry.registry_table, aws, client=ddb),
                        bus=EventBridgeBus(publisher.event_bus_name, aws), s3=s3,
                        bucket=drift.artifact_bucket, feedback=FeedbackIndex(s3, drift.artifact_bucket),
                        thresholds=Thresholds(min_samples=drift.drift_min_samples), metrics=metrics,

@@ -10,6 +10,7 @@ models), the prediction cache, and the seam for models served by the GPU endpoin
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -33,7 +34,8 @@ from tenantml.serving import oip
 from tenantml.serving.cache import CachingRegistry, PredictionCache
 from tenantml.serving.capture import CaptureSink, capture_columns
 from tenantml.serving.runtime import EmbeddingModel, HeadModel, LoadedModel, ModelRuntime
-from tenantml.settings import AsyncSettings, AwsSettings, ServingSettings, SignalSettings
+from tenantml.settings import AsyncSettings, AwsSettings, ServingSettings, SignalSettings, TenancySettings
+from tenantml.tenancy import ScopedClient, TenantSessions, acting_for
 
 if TYPE_CHECKING:
     from tenantml.rollout.signals import SignalRecorder
@@ -50,7 +52,21 @@ def _registry_errors() -> Iterator[None]:
     except TenantMLError:
         raise
     except Exception as exc:  # noqa: BLE001 - adapter/SDK errors: logged as detail, never shown
-        raise ModelUnavailable(retry_after=5, detail=f"registry unavailable: {type(exc).__name__}") from None
+        code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")   # AccessDenied...
+        raise ModelUnavailable(retry_after=5, detail=f"registry unavailable: {type(exc).__name__}"
+                                                     + (f" ({code})" if code else "")) from None
+
+
+def _for_tenant(operation: Callable[..., Any]) -> Callable[..., Any]:
+    """An operation on behalf of its `tenant` argument (the first): its AWS calls run with that tenant's
+    scoped credentials where the service has them (tenantml.tenancy), never another tenant's."""
+
+    @functools.wraps(operation)
+    def wrapper(self: InferenceService, tenant: str, *args: Any, **kwargs: Any) -> Any:
+        with acting_for(tenant):
+            return operation(self, tenant, *args, **kwargs)
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -139,10 +155,12 @@ class InferenceService:
             raise ModelNotFound(model, version)
         return mv
 
+    @_for_tenant
     def list_models(self, tenant: str) -> dict[str, Any]:
         models = [self._summary(s) for s in self._visible(tenant)]
         return {"models": sorted(models, key=lambda m: m["name"])}
 
+    @_for_tenant
     def model_metadata(self, tenant: str, model: str, version: str | None = None) -> dict[str, Any]:
         mv = self.resolve(tenant, model, version)
         self._bind(mv)
@@ -150,6 +168,7 @@ class InferenceService:
                          if s.model == mv.model and s.owner == mv.owner), [mv.version])
         return oip.model_metadata(model, versions, mv.manifest)
 
+    @_for_tenant
     def model_ready(self, tenant: str, model: str, version: str | None = None) -> dict[str, Any]:
         """Loads the model (a warm-up call); 503 if its artifacts cannot be loaded or it runs on the GPU."""
         mv = self.resolve(tenant, model, version)
@@ -164,6 +183,7 @@ class InferenceService:
 
     # --- inference -------------------------------------------------------------------------------
 
+    @_for_tenant
     def infer(self, tenant: str, model: str, version: str | None, body: str | bytes | None, *,
               json_length: int | None = None, request_id: str | None = None, subject: str = "",
               idempotency_key: str | None = None, base_path: str = "") -> Reply:
@@ -230,6 +250,7 @@ class InferenceService:
         return Reply(body_out, headers={oip.HEADER_LENGTH: str(header_length)},
                      content_type="application/octet-stream")
 
+    @_for_tenant
     def request_status(self, tenant: str, request_id: str) -> Reply:
         """GET /v2/requests/{id}: an async (GPU) request of the caller's tenant; 404 for any other id."""
         status, body, headers = self.gpu.status(tenant, request_id)
@@ -278,7 +299,8 @@ class InferenceService:
 
         def run() -> None:
             try:
-                values = self._predict(candidate, tensors)
+                with acting_for(tenant):     # a pool thread: the request's context does not follow it
+                    values = self._predict(candidate, tensors)
                 outputs = [oip.encode_output(s.name, s.datatype, values[s.name])
                            for s in candidate.manifest.outputs]
                 agreed = _agree(answered[0].value, outputs[0].value)
@@ -298,6 +320,7 @@ class InferenceService:
         for future in list(self._shadow_pending):
             future.result(timeout=timeout)
 
+    @_for_tenant
     def feedback(self, tenant: str, model: str, body: str | bytes | None) -> Reply:
         """Ground truth for earlier predictions of `model` (tenantml.monitoring.feedback), stored under the
         caller's tenant. A failed write is a 503 (the client retries; nothing is stored half)."""
@@ -361,7 +384,8 @@ class InferenceService:
                 logger.warning("ignoring invalid preload entry", extra={"entry": entry})
                 continue
             try:
-                self._load(self.resolve(parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+                with acting_for(parts[0]):
+                    self._load(self.resolve(parts[0], parts[1], parts[2] if len(parts) == 3 else None))
                 loaded.append(entry.strip())
             except (ModelNotFound, ModelUnavailable) as exc:
                 logger.warning("preload failed", extra={"entry": entry, "error": exc.public_message,
@@ -425,22 +449,31 @@ class InferenceService:
 _ADAPTER_LOCK = threading.Lock()
 
 
-class _LazyRegistry:
-    """Creates the DynamoDB adapter on first use, so importing/initializing needs no SDK (and never boto3)."""
+def _sdk_client(service: str, aws: AwsSettings, sessions: TenantSessions | None) -> Any:
+    """The function's own client, or (with `sessions`) one that calls as the tenant acted for."""
+    if sessions is not None:
+        return ScopedClient(sessions, service)
+    from tenantml.aws import botocore_client  # noqa: PLC0415 - deliberate lazy import
 
-    def __init__(self, table: str, aws: AwsSettings) -> None:
-        self._table, self._aws = table, aws
+    return botocore_client(service, aws)
+
+
+class _LazyRegistry:
+    """Creates the DynamoDB adapter on first use, so importing/initializing needs no SDK (and never boto3).
+    With `sessions`, every registry read runs as the tenant acted for (tenantml.tenancy)."""
+
+    def __init__(self, table: str, aws: AwsSettings, sessions: TenantSessions | None = None) -> None:
+        self._table, self._aws, self._sessions = table, aws, sessions
         self._impl: Registry | None = None
 
     def _get(self) -> Registry:
         if self._impl is None:
             with _ADAPTER_LOCK:
                 if self._impl is None:
-                    from tenantml.aws import botocore_client  # noqa: PLC0415 - deliberate lazy imports
-                    from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415
+                    from tenantml.registry.dynamo import DynamoRegistry  # noqa: PLC0415 - lazy import
 
                     self._impl = DynamoRegistry(self._table, self._aws,
-                                                client=botocore_client("dynamodb", self._aws))
+                                                client=_sdk_client("dynamodb", self._aws, self._sessions))
         return self._impl
 
     def resolve(self, tenant: str, model: str, version: str | None = None) -> ModelVersion:
@@ -451,19 +484,20 @@ class _LazyRegistry:
 
 
 class _LazyStore:
-    def __init__(self, bucket: str, aws: AwsSettings) -> None:
-        self._bucket, self._aws = bucket, aws
+    """The S3 artifact store, made on first use; with `sessions`, reads as the tenant acted for."""
+
+    def __init__(self, bucket: str, aws: AwsSettings, sessions: TenantSessions | None = None) -> None:
+        self._bucket, self._aws, self._sessions = bucket, aws, sessions
         self._impl: ArtifactStore | None = None
 
     def _get(self) -> ArtifactStore:
         if self._impl is None:
             with _ADAPTER_LOCK:
                 if self._impl is None:
-                    from tenantml.aws import botocore_client  # noqa: PLC0415 - deliberate lazy imports
-                    from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415
+                    from tenantml.registry.s3 import S3ArtifactStore  # noqa: PLC0415 - lazy import
 
                     self._impl = S3ArtifactStore(self._bucket, self._aws,
-                                                 client=botocore_client("s3", self._aws))
+                                                 client=_sdk_client("s3", self._aws, self._sessions))
         return self._impl
 
     def get(self, owner: str, model: str, version: str, name: str) -> bytes:
@@ -513,19 +547,19 @@ def capture_failed(exc: Exception, rows: int) -> None:
 
 
 class _LazyCaptureWriter:
-    """Writes capture frames and feedback to the artifact bucket with a botocore client made on first use."""
+    """Writes capture frames (the function's own role: a frame buffer may hold several tenants' rows and
+    is flushed from whichever request comes due) or ground-truth feedback (with `sessions`: as the tenant
+    acted for) to the artifact bucket, with a client made on first use."""
 
-    def __init__(self, bucket: str, aws: AwsSettings) -> None:
-        self._bucket, self._aws = bucket, aws
+    def __init__(self, bucket: str, aws: AwsSettings, sessions: TenantSessions | None = None) -> None:
+        self._bucket, self._aws, self._sessions = bucket, aws, sessions
         self._s3: Any = None
 
     def __call__(self, key: str, data: bytes) -> None:
         if self._s3 is None:
             with _ADAPTER_LOCK:
                 if self._s3 is None:
-                    from tenantml.aws import botocore_client  # noqa: PLC0415 - deliberate lazy import
-
-                    self._s3 = botocore_client("s3", self._aws)
+                    self._s3 = _sdk_client("s3", self._aws, self._sessions)
         self._s3.put_object(Bucket=self._bucket, Key=key, Body=data)
 
 
@@ -562,23 +596,29 @@ def preload_entries(settings: ServingSettings) -> list[str]:
 def build_service(settings: ServingSettings, aws: AwsSettings, *, registry: Registry | None = None,
                   store: ArtifactStore | None = None, gpu: GpuBackend | None = None,
                   signals: SignalSettings | None = None, async_settings: AsyncSettings | None = None,
-                  idempotency_table: str | None = None) -> InferenceService:
+                  idempotency_table: str | None = None,
+                  tenancy: TenancySettings | None = None) -> InferenceService:
     """The service from settings: AWS adapters created lazily, `preload_models` loaded now (init: what
     SnapStart snapshots, so it must finish before init ends). With `async_settings` naming an endpoint,
-    GPU models are submitted to it (tenantml.gpu); without, they answer 503."""
+    GPU models are submitted to it (tenantml.gpu); without, they answer 503. With `tenancy` naming a
+    tenant data role, registry reads, model downloads, feedback and async requests run with the
+    requesting tenant's credentials (tenantml.tenancy)."""
+    sessions = TenantSessions.from_settings(tenancy, aws) if tenancy is not None else None
     if gpu is None and async_settings is not None and async_settings.gpu_endpoint_name:
         from tenantml.gpu import wiring  # noqa: PLC0415 - only where an endpoint is deployed
 
         a = async_settings
         gpu = wiring.LazySubmitter(lambda: wiring.submitter(a, bucket=settings.artifact_bucket,
-                                                            idempotency_table=idempotency_table, aws=aws))
+                                                            idempotency_table=idempotency_table, aws=aws,
+                                                            sessions=sessions))
     writer = _LazyCaptureWriter(settings.artifact_bucket, aws)
     capture = CaptureSink(writer, max_rows=settings.capture_max_rows, max_age_s=settings.capture_max_seconds,
                           on_failure=capture_failed, text_memo_size=settings.prediction_cache_size,
                           text_memo_ttl_s=settings.prediction_cache_ttl_seconds)
-    service = InferenceService(registry=registry or _LazyRegistry(settings.registry_table, aws),
-                               store=store or _LazyStore(settings.artifact_bucket, aws),
-                               settings=settings, gpu=gpu, capture=capture, put_object=writer,
+    feedback = _LazyCaptureWriter(settings.artifact_bucket, aws, sessions) if sessions else writer
+    service = InferenceService(registry=registry or _LazyRegistry(settings.registry_table, aws, sessions),
+                               store=store or _LazyStore(settings.artifact_bucket, aws, sessions),
+                               settings=settings, gpu=gpu, capture=capture, put_object=feedback,
                                signals=_signal_recorder(signals, aws) if signals is not None else None)
     entries = preload_entries(settings)
     if entries:
