@@ -72,6 +72,8 @@ class AppConfig(BaseModel):
     throttling_rate_limit: float = Field(default=100.0, gt=0, le=10_000)
     throttling_burst_limit: int = Field(default=200, ge=1, le=5_000)
     snapstart: bool = False
+    api: Literal["rest", "http"] = Field(default="rest", description="the API Gateway flavour: a REST API or "
+                                                                     "an HTTP API (payload format 2.0)")
     sdk_tracing: bool = Field(default=False, description="X-Ray subsegments through the Powertools Tracer "
                                                          "(TENANTML_TRACING); costs ~0.3-0.5 s of cold start")
     preload_models: str = Field(default="", description="comma-separated tenant/model[/version] "

@@ -25,6 +25,7 @@ from tenantml_cdk.constructs.api import PlatformApi
 from tenantml_cdk.constructs.cost import CostQuery
 from tenantml_cdk.constructs.functions import FunctionFactory, PlatformFunction
 from tenantml_cdk.constructs.gpu_endpoint import GpuEndpoint, endpoint_name_for
+from tenantml_cdk.constructs.http_api import PlatformHttpApi
 from tenantml_cdk.constructs.layers import PlatformLayers
 from tenantml_cdk.constructs.monitoring import ServingMonitoring
 from tenantml_cdk.constructs.triggers import EventTriggers
@@ -58,11 +59,13 @@ class StatelessStack(cdk.Stack):
                     worker=self.functions["drift_worker"], data=data)
         RolloutAccess(self, "RolloutAccess", function=self.functions["rollback"], data=data)
 
-        self.api = PlatformApi(self, "Api", config=config, routes=resources.ROUTES,
-                               targets={n: f.invoke_target for n, f in self.functions.items()},
-                               authorizer_function=self.functions["authorizer"].function)
+        api = PlatformHttpApi if config.api == "http" else PlatformApi
+        self.api = api(self, "Api", config=config, routes=resources.ROUTES,
+                       targets={n: f.invoke_target for n, f in self.functions.items()},
+                       authorizer_function=self.functions["authorizer"].function)
         self.monitoring = ServingMonitoring(self, "Monitoring", stage=self.api.stage,
                                             access_logs=self.api.access_logs, functions=self.functions,
+                                            denied_pattern=self.api.authorizer_denied_pattern,
                                             alarm_email=config.alarm_email,
                                             dashboard_name=f"tenantml-{config.stage}")
         self.monitoring.alert_on(data.event_bus, ["DriftDetected", "RolloutRolledBack"])

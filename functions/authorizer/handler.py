@@ -1,8 +1,11 @@
-"""API Gateway (REST) REQUEST authorizer: verify the bearer JWT, answer an IAM policy.
+"""API Gateway Lambda authorizer: verify the bearer JWT. Behind the REST API (REQUEST or TOKEN event) it
+answers an IAM policy; behind the HTTP API (payload format 2.0) a simple response.
 
-* valid token            -> Allow on the whole stage, context {tenant_id, sub, scopes}
-* invalid token          -> explicit Deny (403; API Gateway caches it for that token)
-* no bearer token at all -> raise "Unauthorized" (401: the client has to authenticate)
+* valid token            -> Allow on the whole stage / {"isAuthorized": true}, context {tenant_id, sub,
+                            scopes, valid_until}
+* invalid token          -> explicit Deny / {"isAuthorized": false} (403; cached for that token)
+* no bearer token at all -> REST: raise "Unauthorized" (401); HTTP API: API Gateway answers 401 itself when
+                            the header is missing, and another scheme is {"isAuthorized": false} (403)
 * signing keys not loadable -> raise (500, nothing cached: it is our outage, not a bad token)
 
 Why each outcome, and the policy shape: tenantml/auth/policy.py. Settings (TENANTML_JWKS_URL or

@@ -10,6 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
+from tenantml.events.shapes import refuse_unless, sqs_batch
 from tenantml.gpu.submit import DispatchJob
 from tenantml.gpu.wiring import dispatcher
 from tenantml.observability import logger, metrics
@@ -35,6 +36,7 @@ def record_handler(record: Any) -> str:
 
 
 @logger.inject_lambda_context(clear_state=True)
+@refuse_unless(sqs_batch, "an SQS batch")
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor,

@@ -9,6 +9,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
+from tenantml.events.shapes import refuse_unless, sqs_batch
 from tenantml.gpu.results import parse_message
 from tenantml.gpu.wiring import recorder
 from tenantml.monitoring.cost import gpu_cost_record
@@ -28,6 +29,7 @@ def record_handler(record: Any) -> str:
 
 
 @logger.inject_lambda_context(clear_state=True)
+@refuse_unless(sqs_batch, "an SQS batch")
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor,

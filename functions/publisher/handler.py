@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 
 from tenantml.events.bus import EventBridgeBus
 from tenantml.events.outbox import AuditEventPublisher
+from tenantml.events.shapes import refuse_unless, stream_batch
 from tenantml.observability import logger, metrics
 from tenantml.settings import get_aws_settings, get_publisher_settings
 
@@ -25,6 +26,7 @@ processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire
 
 
 @logger.inject_lambda_context(clear_state=True)
+@refuse_unless(stream_batch, "a DynamoDB stream batch")
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=publisher.handle_record, processor=processor,

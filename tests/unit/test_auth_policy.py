@@ -335,3 +335,63 @@ def test_bare_policy_document_and_single_statement_object():
                                     {"policyDocument": {"Statement": [None, 3]}}, []])
 def test_malformed_policies_allow_nothing(policy):
     assert policy_allows(policy, ARN) is False
+
+
+# --- the other event shapes: HTTP API payload format 2.0 (simple responses), REST TOKEN events ------
+
+ROUTE_ARN = "arn:aws:execute-api:eu-west-1:123456789012:abcdef1234/prod/POST/v2/models/{model}/infer"
+
+
+def v2_event(authorization: str | None) -> dict:
+    headers = {"accept": "application/json", **({"authorization": authorization} if authorization else {})}
+    return {"version": "2.0", "type": "REQUEST", "routeArn": ROUTE_ARN,
+            "identitySource": [authorization] if authorization else [],
+            "routeKey": "POST /v2/models/{model}/infer", "rawPath": "/prod/v2/models/clf/infer",
+            "rawQueryString": "", "headers": headers,
+            "requestContext": {"http": {"method": "POST", "path": "/prod/v2/models/clf/infer"},
+                               "stage": "prod"}}
+
+
+def test_http_api_a_valid_token_is_authorized_with_the_functions_context(keys, verifier):
+    out = authorize(v2_event(f"Bearer {token(keys)}"), verifier)
+    assert out == {"isAuthorized": True, "context": {"tenant_id": "acme", "sub": "user-7",
+                                                     "scopes": "models:read models:write",
+                                                     "valid_until": str(int(NOW) + 300 + 60)}}
+
+
+@pytest.mark.parametrize("authorization", [None, "Basic dXNlcjpwYXNz", "Bearer not-a-jwt"])
+def test_http_api_anything_else_is_not_authorized_and_carries_no_context(keys, verifier, authorization):
+    assert authorize(v2_event(authorization), verifier) == {"isAuthorized": False}
+
+
+def test_http_api_an_expired_or_foreign_token_is_not_authorized(keys, verifier):
+    no = {"isAuthorized": False}
+    assert authorize(v2_event(f"Bearer {token(keys, exp=int(NOW) - 120)}"), verifier) == no
+    assert authorize(v2_event(f"Bearer {token(keys, iss='https://evil/')}"), verifier) == no
+
+
+def test_http_api_unreachable_keys_still_raise(keys):
+    class Down:
+        def fetch(self):
+            raise JwksError("down")
+
+    v = TokenVerifier(JwksCache(Down(), clock=lambda: 0.0), issuer=ISS, audience=AUD, clock=lambda: NOW)
+    with pytest.raises(JwksUnavailable):
+        authorize(v2_event(f"Bearer {token(keys)}"), v)
+
+
+def test_rest_token_event_reads_authorization_token(keys, verifier):
+    out = authorize({"type": "TOKEN", "authorizationToken": f"Bearer {token(keys)}", "methodArn": ARN},
+                    verifier)
+    assert out["policyDocument"]["Statement"][0]["Effect"] == "Allow"
+    assert out["context"]["tenant_id"] == "acme"
+    with pytest.raises(MissingToken):
+        authorize({"type": "TOKEN", "authorizationToken": "", "methodArn": ARN}, verifier)
+    denied = authorize({"type": "TOKEN", "authorizationToken": "Bearer x.y.z", "methodArn": ARN}, verifier)
+    assert denied["policyDocument"]["Statement"][0]["Effect"] == "Deny"
+
+
+@pytest.mark.parametrize("event", [None, [], "Bearer x", 42])
+def test_an_event_that_is_not_an_object_is_denied(verifier, event):
+    out = authorize(event, verifier)  # type: ignore[arg-type]
+    assert out["policyDocument"]["Statement"][0]["Effect"] == "Deny" and "context" not in out

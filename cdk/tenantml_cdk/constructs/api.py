@@ -160,6 +160,10 @@ class PlatformApi(Construct):
             response_headers={"WWW-Authenticate": "'Bearer'"})
         # REST APIs answer an unknown resource or method with MISSING_AUTHENTICATION_TOKEN (403); the API
         # contract is 404 for an unknown route (local mode's emulator does the same).
+        # What the monitoring's "authorizer denies" metric counts: the authorizer refused (401 or 403).
+        self.authorizer_denied_pattern = logs.FilterPattern.any(
+            logs.FilterPattern.string_value("$.authorizeStatus", "=", "401"),
+            logs.FilterPattern.string_value("$.authorizeStatus", "=", "403"))
         self.rest_api.add_gateway_response(
             "UnknownRoute", type=apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, status_code="404",
             templates={"application/json": '{"error":"route not found"}'})

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_apigatewayv2 as apigwv2
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
@@ -76,8 +77,9 @@ class ServingMonitoring(Construct):
                            event_pattern=events.EventPattern(source=["tenantml"], detail_type=detail_types),
                            targets=[targets.SnsTopic(self.topic)])
 
-    def __init__(self, scope: Construct, construct_id: str, *, stage: apigw.Stage,
+    def __init__(self, scope: Construct, construct_id: str, *, stage: apigw.Stage | apigwv2.HttpStage,
                  access_logs: logs.ILogGroup, functions: Mapping[str, PlatformFunction],
+                 denied_pattern: logs.IFilterPattern,
                  serving_function: str = "inference", alarm_email: str | None = None,
                  thresholds: AlarmThresholds = AlarmThresholds(), dashboard_name: str | None = None) -> None:
         super().__init__(scope, construct_id)
@@ -120,10 +122,7 @@ class ServingMonitoring(Construct):
         logs.MetricFilter(
             self, "AuthorizerDeniesFilter", log_group=access_logs,
             metric_namespace=namespace, metric_name=AUTHORIZER_DENIED, metric_value="1",
-            dimensions={"stage": "$.stage"},
-            filter_pattern=logs.FilterPattern.any(
-                logs.FilterPattern.string_value("$.authorizeStatus", "=", "401"),
-                logs.FilterPattern.string_value("$.authorizeStatus", "=", "403")))
+            dimensions={"stage": "$.stage"}, filter_pattern=denied_pattern)
         logs.MetricFilter(
             self, "ApiThrottledFilter", log_group=access_logs,
             metric_namespace=namespace, metric_name=API_THROTTLED, metric_value="1",

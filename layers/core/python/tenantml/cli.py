@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
     loc.add_argument("--no-build", action="store_true",
                      help="do not build models (use what --models-dir has)")
+    loc.add_argument("--api", choices=["rest", "http"], default="rest",
+                     help="the API Gateway flavour to emulate: REST API or HTTP API (default: %(default)s)")
     loc.set_defaults(func=_lazy("tenantml.local.platform:local_command"))
 
     # events ------------------------------------------------------------------------------------

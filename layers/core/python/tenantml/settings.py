@@ -115,6 +115,8 @@ class AuthSettings(_Settings):
     leeway_seconds: int = Field(default=60, ge=0, le=60)
     jwks_ttl_seconds: int = Field(default=300, ge=1)
     jwks_min_refresh_seconds: int = Field(default=60, ge=1)
+    # Longest accepted token lifetime: exp - iat, or exp - now (plus the leeway) when iat is absent.
+    max_token_lifetime_seconds: int = Field(default=86400, ge=60, le=31 * 86400)
 
     @model_validator(mode="after")
     def _one_key_source(self) -> AuthSettings:

@@ -1,4 +1,4 @@
-"""HTTP routes of the inference function (API Gateway REST API, proxy integration): OIP v2 over REST.
+"""HTTP routes of the inference function (API Gateway proxy integration, REST API or HTTP API): OIP v2.
 
 The tenant comes only from the authorizer context (`caller_from_event`); path parameters name the model
 and version; everything else is the service's job. Routes are registered on a Powertools Router bound
@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-from aws_lambda_powertools.event_handler.router import APIGatewayRouter
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver, Router
 
 from tenantml.api.body import read_body
 from tenantml.api.context import Caller, caller_from_event
 from tenantml.api.errors import JSON, register_error_handlers
+from tenantml.api.flavours import BothFlavours, full_path
 from tenantml.gpu.submit import IDEMPOTENCY_KEY_HEADER
 from tenantml.observability import logger
 from tenantml.resources import FEEDBACK_SCOPE, READ_SCOPE
@@ -32,17 +33,18 @@ def _reply(reply: Reply) -> Response:
                     headers=dict(reply.headers))
 
 
-def base_path(event: dict[str, Any]) -> str:
+def base_path(event: dict[str, Any], path: str | None = None) -> str:
     """What the client's URL has before the route's path (the stage, or a custom domain's base path), so
-    a Location header resolves against the URL the client called: `requestContext.path` is the full path
-    (`/v1/v2/models/m/infer`), `path` the route's (`/v2/models/m/infer`)."""
-    full = str((event.get("requestContext") or {}).get("path") or "")
-    path = str(event.get("path") or "")
+    a Location header resolves against the URL the client called: the full path (REST:
+    `requestContext.path`, HTTP API: `rawPath`, e.g. `/v1/v2/models/m/infer`) less the route's
+    (`/v2/models/m/infer`: the event's `path`, or what the resolver routed on)."""
+    full = full_path(event)
+    path = str(event.get("path") or "") if path is None else path
     return full[:-len(path)] if path and full.endswith(path) else ""
 
 
-def build_router(service: InferenceService) -> APIGatewayRouter:
-    router = APIGatewayRouter()
+def build_router(service: InferenceService) -> Router:
+    router = Router()
 
     def tenant(scope: str = READ_SCOPE) -> str:
         return caller(scope).tenant
@@ -95,7 +97,7 @@ def build_router(service: InferenceService) -> APIGatewayRouter:
         return _reply(service.infer(who.tenant, model, version, body.data, json_length=body.json_length,
                                     request_id=event.request_context.request_id, subject=who.sub,
                                     idempotency_key=event.headers.get(IDEMPOTENCY_KEY_HEADER),
-                                    base_path=base_path(event.raw_event)))
+                                    base_path=base_path(event.raw_event, event.path)))
 
     @router.post("/v2/models/<model>/infer")
     def infer(model: str) -> Response:
@@ -118,9 +120,14 @@ def build_router(service: InferenceService) -> APIGatewayRouter:
     return router
 
 
-def create_app(service: InferenceService) -> APIGatewayRestResolver:
-    """The resolver for the inference function: OIP routes + the one error mapping."""
-    app = APIGatewayRestResolver()
-    app.include_router(build_router(service))
-    register_error_handlers(app)
-    return app
+def create_app(service: InferenceService) -> BothFlavours:
+    """The inference function's resolvers, one per API Gateway flavour: OIP routes + the one error
+    mapping."""
+
+    def make(resolver: type[ApiGatewayResolver]) -> ApiGatewayResolver:
+        app = resolver()
+        app.include_router(build_router(service))
+        register_error_handlers(app)
+        return app
+
+    return BothFlavours(make)

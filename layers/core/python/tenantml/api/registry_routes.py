@@ -26,12 +26,14 @@ import binascii
 import json
 from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tenantml import SHARED_TENANT
 from tenantml.api.context import Caller, caller_from_event
 from tenantml.api.errors import JSON, register_error_handlers
+from tenantml.api.flavours import BothFlavours
 from tenantml.errors import BadRequest, Conflict, Forbidden
 from tenantml.manifest import VERSION_RE, Manifest
 from tenantml.observability import logger
@@ -109,7 +111,7 @@ def _audit_refusals(registry: Any) -> Any:
     appended to the caller tenant's audit log as `refused_<method>_<route>` with the reason, then answered
     as before. A request without a tenant (401) has no log to go to; a failure to audit is logged and
     never changes the answer."""
-    def middleware(app: APIGatewayRestResolver, next_middleware: Any) -> Response:
+    def middleware(app: ApiGatewayResolver, next_middleware: Any) -> Response:
         try:
             return next_middleware(app)
         except (Forbidden, Conflict) as exc:
@@ -125,10 +127,16 @@ def _audit_refusals(registry: Any) -> Any:
 
 
 def create_app(service: RegistrationService, reports: Any | None = None,
-               rollouts: RolloutService | None = None) -> APIGatewayRestResolver:
-    """The resolver over one RegistrationService (built once per execution environment, at init)."""
+               rollouts: RolloutService | None = None) -> BothFlavours:
+    """The resolvers over one RegistrationService, one per API Gateway flavour (built once per execution
+    environment, at init)."""
     rollouts = rollouts or RolloutService(service.registry)
-    app = APIGatewayRestResolver()
+    return BothFlavours(lambda resolver: _build(resolver, service, reports, rollouts))
+
+
+def _build(resolver: type[ApiGatewayResolver], service: RegistrationService, reports: Any | None,
+           rollouts: RolloutService) -> ApiGatewayResolver:
+    app = resolver()
     register_error_handlers(app)
     app.use(middlewares=[_audit_refusals(service.registry)])
 

@@ -22,6 +22,8 @@ from tenantml.errors import TenantMLError, Unauthorized
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
+    "DEFAULT_MAX_TOKEN_LIFETIME_SECONDS",
+    "FORBIDDEN_HEADERS",
     "Claims",
     "DenyReason",
     "InvalidToken",
@@ -35,6 +37,15 @@ __all__ = [
 # The only signature algorithms ever accepted. The token's `alg` header never selects the algorithm:
 # the key (found by `kid`) does, and the header must agree with it.
 ALLOWED_ALGORITHMS: frozenset[str] = frozenset({"RS256", "ES256"})
+
+# JOSE header parameters that point at, embed or extend key material or processing rules (RFC 7515
+# 4.1.2-4.1.6, 4.1.11; RFC 7797). The verifier never uses them: a token that carries any is refused
+# (FORBIDDEN_HEADER) rather than silently half-understood. `x5t`, `typ`, `cty` are ignored.
+FORBIDDEN_HEADERS: frozenset[str] = frozenset({"jku", "x5u", "jwk", "x5c", "crit", "b64"})
+
+# The longest a token may live: `exp - iat` (or `exp - now` without `iat`). AuthSettings'
+# max_token_lifetime_seconds defaults to this; `tenantml token` refuses a longer --ttl.
+DEFAULT_MAX_TOKEN_LIFETIME_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class DenyReason(enum.StrEnum):
 
     MALFORMED_TOKEN = "malformed_token"  # noqa: S105 - a reason code, not a secret
     ALG_NOT_ALLOWED = "alg_not_allowed"
+    FORBIDDEN_HEADER = "forbidden_header"  # jku / x5u / jwk / x5c / crit / b64 in the JOSE header
     MISSING_KID = "missing_kid"
     UNKNOWN_KID = "unknown_kid"
     ALG_KEY_MISMATCH = "alg_key_mismatch"
@@ -63,6 +75,7 @@ class DenyReason(enum.StrEnum):
     INVALID_CLAIM = "invalid_claim"
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
+    LIFETIME_TOO_LONG = "lifetime_too_long"  # exp - iat (or exp - now) above max_token_lifetime_seconds
     WRONG_ISSUER = "wrong_issuer"
     WRONG_AUDIENCE = "wrong_audience"
     MISSING_TENANT = "missing_tenant"

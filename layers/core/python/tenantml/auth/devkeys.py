@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tenantml import SHARED_TENANT
+from tenantml.auth import DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
 from tenantml.manifest import TENANT_RE
 
 DEV_ISSUER = "https://tenantml.local/dev"
@@ -88,6 +89,9 @@ class DevKeys:
             raise ValueError(f"not a callable tenant id: {tenant!r}")
         if ttl <= 0:
             raise ValueError("ttl must be positive")
+        if ttl > DEFAULT_MAX_TOKEN_LIFETIME_SECONDS:  # the authorizer would refuse it (LIFETIME_TOO_LONG)
+            raise ValueError(f"ttl above the authorizer's maximum token lifetime "
+                             f"({DEFAULT_MAX_TOKEN_LIFETIME_SECONDS} s)")
         key = {"RS256": self.rsa_private, "ES256": self.ec_private}.get(alg)
         if key is None:
             raise ValueError("alg must be RS256 or ES256")

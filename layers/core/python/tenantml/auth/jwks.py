@@ -119,7 +119,12 @@ class StaticJwksSource:
 
 class UrlJwksSource:
     """JWKS over HTTPS with urllib (no boto3, no requests): short timeout, bounded size.
-    Plain http is accepted only for localhost (the local platform)."""
+    Plain http is accepted only for localhost (the local platform).
+
+    `timeout` bounds each socket operation (connect, each read) and the body as a whole: the body is
+    read in pieces against a deadline of `timeout` seconds from the start of the fetch, so a server
+    that trickles bytes cannot hold the authorizer (and the cache lock) for longer than about twice
+    the timeout. A declared Content-Length above MAX_JWKS_BYTES is refused before reading anything."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
                  opener: Callable[..., Any] = urllib.request.urlopen) -> None:
@@ -133,12 +138,16 @@ class UrlJwksSource:
     def fetch(self) -> Any:
         request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
             self.url, headers={"Accept": "application/json", "User-Agent": "tenantml-authorizer"})
+        deadline = time.monotonic() + self._timeout
         try:
             with self._open(request, timeout=self._timeout) as resp:
                 status = getattr(resp, "status", 200)
                 if status != 200:
                     raise JwksError(f"JWKS fetch answered HTTP {status}")
-                body = resp.read(MAX_JWKS_BYTES + 1)
+                declared = (getattr(resp, "headers", None) or {}).get("Content-Length")
+                if declared is not None and declared.strip().isdigit() and int(declared) > MAX_JWKS_BYTES:
+                    raise JwksError("JWKS document too large")
+                body = _read_bounded(resp, deadline)
         except JwksError:
             raise
         except (OSError, ValueError) as exc:  # URLError/HTTPError/timeouts are OSError
@@ -149,6 +158,22 @@ class UrlJwksSource:
             return json.loads(body)
         except ValueError:
             raise JwksError("JWKS document is not JSON") from None
+
+
+def _read_bounded(resp: Any, deadline: float) -> bytes:
+    """At most MAX_JWKS_BYTES + 1 bytes of `resp`, read piece by piece until `deadline` (monotonic)."""
+    read = getattr(resp, "read1", None) or resp.read  # read1: at most one socket read per call
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_JWKS_BYTES:
+        if time.monotonic() > deadline:
+            raise JwksError("JWKS fetch too slow")
+        chunk = read(min(64 * 1024, MAX_JWKS_BYTES + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class JwksCache:

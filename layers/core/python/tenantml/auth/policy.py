@@ -1,4 +1,4 @@
-"""The REST API authorizer decision and the IAM policies it returns.
+"""The authorizer decision: IAM policies for the REST API, simple responses for the HTTP API.
 
 `authorize(event, verifier)` takes an API Gateway REQUEST authorizer event and answers:
 
@@ -57,7 +57,9 @@ _METHOD_ARN_RE = re.compile(
     r"arn:(?P<partition>aws[a-z-]*):execute-api:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
     r"(?P<api>[A-Za-z0-9]+)/(?P<stage>[A-Za-z0-9_$-]+)/(?P<verb>[A-Z]+|\*)(?P<resource>/.*)?"
 )
-_BEARER_RE = re.compile(r"bearer(?:[ \t]+(?P<rest>.*))?", re.IGNORECASE | re.DOTALL)
+# `Bearer` in any ASCII casing, then one or more SP / HTAB, then the token (RFC 6750 2.1, RFC 9110 11.1).
+_BEARER_RE = re.compile(r"bearer(?:[ \t]+(?P<rest>.*))?", re.IGNORECASE | re.DOTALL | re.ASCII)
+_OWS = " \t"  # HTTP optional whitespace (RFC 9110 5.6.3): the only whitespace trimmed around values
 
 
 def stage_arn(method_arn: str) -> str:
@@ -77,12 +79,7 @@ def allow_policy(claims: Claims, method_arn: str) -> dict[str, Any]:
             "Version": POLICY_VERSION,
             "Statement": [{"Action": INVOKE, "Effect": "Allow", "Resource": [stage_arn(method_arn)]}],
         },
-        "context": {
-            "tenant_id": claims.tenant_id,
-            "sub": claims.sub,
-            "scopes": " ".join(sorted(claims.scopes)),
-            **({"valid_until": str(claims.valid_until)} if claims.valid_until is not None else {}),
-        },
+        "context": context_of(claims),
     }
 
 
@@ -101,7 +98,10 @@ def bearer_token(event: Mapping[str, Any]) -> str:
     """The token of `Authorization: Bearer <token>` (header name and scheme case-insensitive).
 
     Raises MissingToken when there is no bearer credential at all, InvalidToken(MALFORMED_TOKEN) when
-    the header is ambiguous (several Authorization values) or the bearer value is not one token."""
+    the header is ambiguous (several Authorization values) or the bearer value is not one token.
+    Only SP / HTAB count as the separator and are trimmed around the value: `Bearer` followed by CR, LF,
+    a no-break space, `:` or nothing is not the Bearer scheme (401); any other whitespace left in the
+    token (a second token, a trailing CR/LF) makes it malformed (Deny)."""
     headers = event.get("headers") or {}
     values = [v for k, v in headers.items() if isinstance(k, str) and k.lower() == "authorization"] \
         if isinstance(headers, Mapping) else []
@@ -113,12 +113,12 @@ def bearer_token(event: Mapping[str, Any]) -> str:
     if len(values) > 1:
         raise InvalidToken(DenyReason.MALFORMED_TOKEN, detail="several Authorization headers")
     value = values[0] if values else None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value.strip(_OWS):
         raise MissingToken(detail="no Authorization header")
-    m = _BEARER_RE.fullmatch(value.strip())
+    m = _BEARER_RE.fullmatch(value.strip(_OWS))
     if m is None:
         raise MissingToken(detail="Authorization scheme is not Bearer")
-    rest = (m["rest"] or "").strip()
+    rest = (m["rest"] or "").strip(_OWS)
     if not rest:
         raise MissingToken(detail="empty bearer token")
     if any(c.isspace() for c in rest):
@@ -128,7 +128,18 @@ def bearer_token(event: Mapping[str, Any]) -> str:
 
 def authorize(event: Mapping[str, Any], verifier: TokenVerifier, *,
               now: float | None = None) -> dict[str, Any]:
-    """Decide one REQUEST authorizer event (see the module docstring for the three outcomes)."""
+    """Decide one authorizer event (see the module docstring for the outcomes): a REST API REQUEST event
+    (or an HTTP API one with payload format 1.0), a REST TOKEN event (its `authorizationToken` read as
+    the Authorization header), or an HTTP API payload format 2.0 event, answered in the simple format."""
+    if not isinstance(event, Mapping):
+        return _deny(InvalidToken(DenyReason.MALFORMED_TOKEN, detail="authorizer event is not an object"))
+    if event.get("version") == "2.0":
+        return _authorize_simple(event, verifier, now)
+    if event.get("type") not in ("REQUEST", "TOKEN"):   # a queue message, a scheduled event, ...
+        return _deny(InvalidToken(DenyReason.MALFORMED_TOKEN, detail="not an authorizer event"))
+    if event.get("type") == "TOKEN":
+        event = {"headers": {"Authorization": event.get("authorizationToken")},
+                 "methodArn": event.get("methodArn")}
     try:
         token = bearer_token(event)
     except MissingToken as exc:
@@ -149,6 +160,33 @@ def authorize(event: Mapping[str, Any], verifier: TokenVerifier, *,
     logger.info("authorizer allow", extra={"tenant": claims.tenant_id, "sub": claims.sub,
                                            "scopes": policy["context"]["scopes"]})
     return policy
+
+
+def context_of(claims: Claims) -> dict[str, str]:
+    """What the functions read (tenantml.api.context): tenant, sub, scopes (space-joined, sorted) and
+    valid_until (exp + leeway, the epoch second from which the functions answer 401)."""
+    return {"tenant_id": claims.tenant_id, "sub": claims.sub, "scopes": " ".join(sorted(claims.scopes)),
+            **({"valid_until": str(claims.valid_until)} if claims.valid_until is not None else {})}
+
+
+def _authorize_simple(event: Mapping[str, Any], verifier: TokenVerifier, now: float | None) -> dict[str, Any]:
+    """HTTP API (payload format 2.0, simple responses): `{"isAuthorized": true, "context": {...}}` for a
+    verified token, `{"isAuthorized": false}` (403) otherwise. There is no 401 answer in this format:
+    API Gateway itself answers 401 when the Authorization header is missing or empty (the identity
+    source), without invoking the authorizer; another scheme or a bad token is a 403. The JWKS being
+    unreachable still raises (500, nothing cached), as for the REST API."""
+    try:
+        claims = verifier.verify(bearer_token(event), now=now)
+    except MissingToken as exc:
+        logger.info("authorizer unauthorized", extra={"tenant": UNKNOWN_TENANT, "reason": "missing_token",
+                                                       "detail": exc.detail})
+        return {"isAuthorized": False}
+    except InvalidToken as exc:
+        _deny(exc)
+        return {"isAuthorized": False}
+    logger.info("authorizer allow", extra={"tenant": claims.tenant_id, "sub": claims.sub,
+                                           "scopes": " ".join(sorted(claims.scopes))})
+    return {"isAuthorized": True, "context": context_of(claims)}
 
 
 def _deny(exc: InvalidToken) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""An API Gateway (REST API, Lambda proxy integration) emulator on localhost.
+"""An API Gateway emulator on localhost: the REST API (Lambda proxy integration, payload format 1.0), or
+with `ApiConfig(flavour="http")` the HTTP API (payload format 2.0, a Lambda authorizer with simple
+responses), the two deployment choices of the CDK app (`-c api=rest|http`).
 
 It serves `tenantml.resources.ROUTES` (the routes the CDK app deploys) and, for every request, does what
 API Gateway does in front of the functions:
@@ -16,6 +18,14 @@ API Gateway does in front of the functions:
 - a real-shaped v1 proxy event (AWS's sample event is the template), the function run in-process in its
   warm environment (`tenantml.local.context.LocalFunction`), and the proxy response mapped back to HTTP;
   a handler that raises, times out or returns a malformed response gives 502/504 like API Gateway.
+
+The HTTP API flavour differs where API Gateway does: v2 proxy events (`rawPath`, lowercase `headers`
+with repeated values comma-joined, `cookies`, `requestContext.http`, the authorizer's context under
+`requestContext.authorizer.lambda`); a v2 REQUEST authorizer event (`routeArn`, `identitySource`) whose
+`{"isAuthorized", "context"}` answer is cached by identity source; no gateway response customization, so
+its own errors are `{"message": "..."}` (404 Not Found, 401 Unauthorized, 403 Forbidden, 413, 500
+Internal Server Error, 503 for an integration timeout); no payload compression; a body is base64-encoded
+unless its Content-Type is text or JSON.
 
 `ApiGatewayEmulator.handle()` is pure request -> response (unit-testable without sockets);
 `ApiServer` puts it behind `http.server.ThreadingHTTPServer`.
@@ -96,8 +106,15 @@ class HttpResponse:
         return json.loads(self.body)
 
 
+REST, HTTP = "rest", "http"
+# Content types an HTTP API passes as text (anything else arrives base64-encoded, isBase64Encoded true).
+_HTTP_TEXT_TYPES = ("text/*", "application/json", "application/*+json", "application/xml",
+                    "application/javascript", "application/x-www-form-urlencoded")
+
+
 @dataclass(frozen=True)
 class ApiConfig:
+    flavour: str = REST                          # "rest" (REST API) or "http" (HTTP API)
     api_id: str = "tmllocal01"
     stage: str = DEFAULT_STAGE
     region: str = REGION
@@ -153,6 +170,19 @@ def timed_out() -> HttpResponse:
 
 
 # -------------------------------------------------------------------------------------------- routes ----
+
+def http_api_error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
+    """An HTTP API's own error response: `{"message": ...}` (HTTP APIs have no gateway responses to
+    reshape them)."""
+    return HttpResponse(status, [("Content-Type", "application/json"), ("apigw-requestid", "-"), *headers],
+                        json.dumps({"message": message}).encode())
+
+
+# What each gateway error becomes behind an HTTP API.
+_HTTP_ERRORS = {404: (404, "Not Found"), 401: (401, "Unauthorized"), 403: (403, "Forbidden"),
+                413: (413, "Request Entity Too Large"), 500: (500, "Internal Server Error"),
+                502: (500, "Internal Server Error"), 504: (503, "Service Unavailable")}
+
 
 def _segments(path: str) -> list[str]:
     return [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
@@ -267,6 +297,17 @@ def _parse_authorizer_output(out: Any) -> AuthorizerResult:
     return AuthorizerResult(principal, policy, dict(context))
 
 
+def _parse_simple_output(out: Any) -> AuthorizerResult:
+    """An HTTP API simple response: `isAuthorized` (a boolean) and an optional `context` object; anything
+    else is a 500, as API Gateway answers a malformed authorizer response."""
+    if not isinstance(out, dict) or not isinstance(out.get("isAuthorized"), bool):
+        raise ValueError("simple response needs a boolean isAuthorized")
+    context = out.get("context") or {}
+    if not isinstance(context, dict):
+        raise ValueError("context must be an object")
+    return AuthorizerResult("", {"isAuthorized": out["isAuthorized"]}, dict(context))
+
+
 _ALLOW_ALL = {"Effect": "Allow", "Action": "*", "Resource": "*"}
 
 
@@ -326,6 +367,11 @@ class ApiGatewayEmulator:
         except Exception:  # a bug in the emulator itself: say so in the log, answer like the gateway
             log.exception("emulator error on %s %s", req.method, req.target)
             resp = internal_error()
+        if self.config.flavour == HTTP and resp.header("x-amzn-ErrorType") is not None:
+            status, message = _HTTP_ERRORS[resp.status]
+            error = http_api_error(status, message)
+            error.tenant, error.function, error.authorizer = resp.tenant, resp.function, resp.authorizer
+            resp = error
         resp.headers += [("x-amzn-RequestId", request_id),
                          ("x-amz-apigw-id", base64.b64encode(uuid.uuid4().bytes[:12]).decode()),
                          ("X-Amzn-Trace-Id", _trace_id())]
@@ -342,7 +388,8 @@ class ApiGatewayEmulator:
         """API Gateway's payload compression (minimumCompressionSize): gzip or deflate, as the client's
         Accept-Encoding allows (gzip preferred), for bodies of at least that size."""
         limit = self.config.minimum_compression_size
-        if limit is None or len(resp.body) < limit or resp.header("Content-Encoding"):
+        if self.config.flavour == HTTP or limit is None or len(resp.body) < limit \
+                or resp.header("Content-Encoding"):
             return
         accepted = _accepted_encodings(req.header("Accept-Encoding") or "")
         for coding in ("gzip", "deflate"):
@@ -372,7 +419,11 @@ class ApiGatewayEmulator:
         if len(path) > 1:
             path = path.rstrip("/")
 
-        event = self._proxy_event(req, route, path, path_params, split.query, request_id)
+        http = self.config.flavour == HTTP
+        # A named stage is part of an HTTP API's rawPath (the emulator also routes paths without it).
+        raw_path = split.path if stage_prefixed else f"/{self.config.stage}{split.path}"
+        event = (self._v2_event(req, route, raw_path, path_params, split.query, request_id) if http
+                 else self._proxy_event(req, route, path, path_params, split.query, request_id))
         auth_state = "-"
         tenant = None
         if route.auth:
@@ -381,7 +432,7 @@ class ApiGatewayEmulator:
             except AuthorizerRejected as rejected:
                 rejected.response.function = route.function
                 return rejected.response
-            event["requestContext"]["authorizer"] = {
+            event["requestContext"]["authorizer"] = {"lambda": dict(result.context)} if http else {
                 **result.context, "principalId": result.principal_id, "integrationLatency": latency_ms}
             tenant_value = result.context.get("tenant_id")
             tenant = str(tenant_value) if tenant_value is not None else None
@@ -462,6 +513,87 @@ class ApiGatewayEmulator:
                 binary = True
         return base64.b64encode(req.body).decode("ascii"), True
 
+    def _v2_event(self, req: HttpRequest, route: Route, raw_path: str, path_params: dict[str, str],
+                  query: str, request_id: str) -> dict:
+        """An HTTP API payload format 2.0 proxy event."""
+        headers: dict[str, str] = {}
+        cookies: list[str] = []
+        for k, v in req.headers:
+            name = k.lower()
+            if name == "cookie":
+                cookies += [c.strip() for c in v.split(";") if c.strip()]
+                continue
+            headers[name] = f"{headers[name]},{v}" if name in headers else v
+        headers.setdefault("x-forwarded-for", req.source_ip)
+        headers.setdefault("x-forwarded-port", str(req.server_port))
+        headers.setdefault("x-forwarded-proto", "http")
+        headers.setdefault("x-amzn-trace-id", _trace_id())
+        qs: dict[str, str] = {}
+        for k, v in parse_qsl(query, keep_blank_values=True):
+            qs[k] = f"{qs[k]},{v}" if k in qs else v
+        body, is_b64 = self._v2_body(req)
+        now = time.time()
+        host = headers.get("host") or f"{self.config.api_id}.execute-api.{self.config.region}.amazonaws.com"
+        route_key = f"{route.method} {route.path}"
+        event: dict[str, Any] = {
+            "version": "2.0",
+            "routeKey": route_key,
+            "rawPath": raw_path,
+            "rawQueryString": query,
+            "headers": headers,
+            "requestContext": {
+                "accountId": self.config.account_id,
+                "apiId": self.config.api_id,
+                "domainName": host,
+                "domainPrefix": host.split(".")[0].split(":")[0],
+                "http": {"method": req.method.upper(), "path": raw_path, "protocol": "HTTP/1.1",
+                         "sourceIp": req.source_ip, "userAgent": headers.get("user-agent", "")},
+                "requestId": request_id,
+                "routeKey": route_key,
+                "stage": self.config.stage,
+                "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+                "timeEpoch": int(now * 1000),
+            },
+            "isBase64Encoded": is_b64,
+        }
+        if cookies:
+            event["cookies"] = cookies
+        if qs:
+            event["queryStringParameters"] = qs
+        if path_params:
+            event["pathParameters"] = path_params
+        if self.config.stage_variables:
+            event["stageVariables"] = dict(self.config.stage_variables)
+        if body is not None:
+            event["body"] = body
+        return event
+
+    @staticmethod
+    def _v2_body(req: HttpRequest) -> tuple[str | None, bool]:
+        if not req.body:
+            return None, False
+        ctype = (req.header("Content-Type") or "").split(";")[0].strip().lower()
+        if any(fnmatch.fnmatch(ctype, t) for t in _HTTP_TEXT_TYPES):
+            try:
+                return req.body.decode("utf-8"), False
+            except UnicodeDecodeError:
+                pass
+        return base64.b64encode(req.body).decode("ascii"), True
+
+    def route_arn(self, method: str, route_path: str) -> str:
+        c = self.config
+        return f"arn:aws:execute-api:{c.region}:{c.account_id}:{c.api_id}/{c.stage}/{method}{route_path}"
+
+    def simple_authorizer_event(self, proxy_event: dict, identity: str) -> dict:
+        """An HTTP API REQUEST authorizer event, payload format 2.0, for the request behind `proxy_event`."""
+        method, _, route_path = proxy_event["routeKey"].partition(" ")
+        event = {"version": "2.0", "type": "REQUEST", "routeArn": self.route_arn(method, route_path),
+                 "identitySource": [identity],
+                 **{k: v for k, v in proxy_event.items() if k not in ("version", "body", "isBase64Encoded")}}
+        context = proxy_event["requestContext"]
+        event["requestContext"] = {k: v for k, v in context.items() if k != "authorizer"}
+        return event
+
     def method_arn(self, method: str, path: str) -> str:
         c = self.config
         resource = path.lstrip("/")
@@ -491,8 +623,9 @@ class ApiGatewayEmulator:
         identity = req.header(AUTH_HEADER)
         if not identity:
             raise AuthorizerRejected(unauthorized())
-        auth_event = self.authorizer_event(event)
-        method_arn = auth_event["methodArn"]
+        simple = self.config.flavour == HTTP
+        auth_event = self.simple_authorizer_event(event, identity) if simple else self.authorizer_event(event)
+        method_arn = auth_event.get("methodArn", "")
         result = self.cache.get(identity)
         state, latency_ms = "cached", 0
         if result is None:
@@ -515,7 +648,7 @@ class ApiGatewayEmulator:
                 raise AuthorizerRejected(authorizer_failure()) from None
             latency_ms = int((time.perf_counter() - started) * 1000)
             try:
-                result = _parse_authorizer_output(out)
+                result = _parse_simple_output(out) if simple else _parse_authorizer_output(out)
             except ValueError as exc:
                 log.error("authorizer returned an invalid response: %s", exc)
                 raise AuthorizerRejected(authorizer_failure()) from None
@@ -523,7 +656,11 @@ class ApiGatewayEmulator:
             state = "invoked"
         else:
             self._count("authorizer_cache_hits")
-        if not self.policy_check(result.policy, method_arn):
+        if simple and not result.policy["isAuthorized"]:
+            denied = access_denied(False)
+            denied.authorizer = state
+            raise AuthorizerRejected(denied)
+        if not simple and not self.policy_check(result.policy, method_arn):
             explicit = _explicit_deny(result.policy, method_arn, self.policy_check)
             denied = access_denied(explicit)
             denied.authorizer = state
@@ -585,6 +722,10 @@ def proxy_response(out: Any) -> HttpResponse:
     for k, v in single.items():
         if str(k).lower() not in multi_names:
             headers.append((str(k), _header_value(v)))
+    cookies = out.get("cookies") or []          # payload format 2.0
+    if not isinstance(cookies, list):
+        raise ValueError("cookies must be a list")
+    headers += [("Set-Cookie", str(c)) for c in cookies]
     hop_by_hop = {"content-length", "transfer-encoding", "connection"}
     return HttpResponse(status, [(k, v) for k, v in headers if k.lower() not in hop_by_hop], raw)
 

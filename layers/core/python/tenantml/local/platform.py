@@ -276,18 +276,23 @@ def _register_all(folders: dict[str, Path], registry: Any, store: Any, say: Say,
 def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127.0.0.1", port: int = 8080,
                    moto_port: int = 5005, build: bool = True, *, home: Path | str = ".tenantml",
                    authorizer_ttl_s: float = DEFAULT_AUTHORIZER_TTL_S, functions_root: Path | None = None,
-                   say: Say = _print, gpu_options: dict[str, Any] | None = None) -> Platform:
+                   say: Say = _print, gpu_options: dict[str, Any] | None = None,
+                   api: str = "rest") -> Platform:
     """Start everything (ports 0 pick free ones) and return the running Platform; on any failure what
     was started is stopped again (and the environment restored) before the error propagates.
     `home` holds the dev keys (home/keys) and the state file (home/local.json). `gpu_options`: the GPU
-    endpoint stand-in's (tenantml.local.sagemaker.LocalAsyncEndpoint: autoscale, idle_s, ...)."""
+    endpoint stand-in's (tenantml.local.sagemaker.LocalAsyncEndpoint: autoscale, idle_s, ...). `api`: the
+    API Gateway flavour the emulator plays, "rest" (REST API) or "http" (HTTP API), as `-c api=` deploys."""
     from tenantml.auth.devkeys import ensure_dev_keys  # noqa: PLC0415
 
     home, models_dir = Path(home), Path(models_dir)
     total = 7
     moto = MotoServer(host="127.0.0.1", port=moto_port)
     env_patch: EnvPatch | None = None
-    api: ApiServer | None = None
+    flavour = api
+    if flavour not in ("rest", "http"):
+        raise ValueError(f"api must be 'rest' or 'http', not {flavour!r}")
+    api: ApiServer | None = None  # type: ignore[no-redef]
     runtime: EventRuntime | None = None
     shipper: LogShipper | None = None
     log_handler: Any = None
@@ -351,9 +356,11 @@ def start_platform(models_dir: Path | str = ".tenantml/models", host: str = "127
                     say(f"      {fn.name}: init FAILED (its requests answer 502; see the log)")
             http = {r.function for r in resources.ROUTES} | {"authorizer"}
             emulator = ApiGatewayEmulator({n: f for n, f in functions.items() if n in http},
-                                          config=ApiConfig(authorizer_ttl_s=authorizer_ttl_s))
+                                          config=ApiConfig(flavour=flavour,
+                                                           authorizer_ttl_s=authorizer_ttl_s))
             api = ApiServer(emulator, host=host, port=port).start()
-            say(f"      {api.base_url} (stage prefix /{emulator.config.stage} optional)")
+            say(f"      {api.base_url} ({'HTTP' if flavour == 'http' else 'REST'} API; stage prefix "
+                f"/{emulator.config.stage} optional)")
         platform = Platform(moto=moto, api=api, keys=keys, names=names, aws=aws, env=env,
                             models_dir=models_dir, state_file=home / STATE_FILE.name, registered=registered,
                             events=runtime, _env_patch=env_patch, logs=shipper, _log_handler=log_handler,
@@ -428,7 +435,7 @@ def local_command(args: argparse.Namespace) -> int:
     _configure_logging()
     try:
         platform = start_platform(args.models_dir, host=args.host, port=args.port, moto_port=args.moto_port,
-                                  build=not args.no_build)
+                                  build=not args.no_build, api=args.api)
     except (OSError, MotoServerError) as exc:  # typically a port in use
         print(f"tenantml local: cannot start: {exc}", file=sys.stderr)
         return 1
