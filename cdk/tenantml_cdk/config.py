@@ -71,6 +71,10 @@ class AppConfig(BaseModel):
     authorizer_cache_ttl_seconds: int = Field(default=300, ge=0, le=3600)
     throttling_rate_limit: float = Field(default=100.0, gt=0, le=10_000)
     throttling_burst_limit: int = Field(default=200, ge=1, le=5_000)
+    # Per tenant, across all environments (tenantml.serving.throttle): half the stage's rate by default, so
+    # one tenant cannot take all of it. 0 turns it off.
+    tenant_rate_limit: int = Field(default=50, ge=0, le=100_000,
+                                   description="inference requests per second per tenant (0: no limit)")
     snapstart: bool = False
     api: Literal["rest", "http"] = Field(default="rest", description="the API Gateway flavour: a REST API or "
                                                                      "an HTTP API (payload format 2.0)")

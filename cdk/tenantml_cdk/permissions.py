@@ -41,6 +41,7 @@ Call = tuple[str, str]     # (IAM action, resource kind)
 REGISTRY = f"table:{resources.REGISTRY_TABLE.id}"
 SIGNALS = f"table:{resources.SIGNALS_TABLE.id}"
 IDEMPOTENCY = f"table:{resources.IDEMPOTENCY_TABLE.id}"
+THROTTLE = f"table:{resources.THROTTLE_TABLE.id}"
 REQUESTS = f"table:{resources.REQUESTS_TABLE.id}"
 BUCKET = "bucket"
 BUS = "bus:platform"
@@ -134,6 +135,7 @@ CALLS: Mapping[str, frozenset[Call]] = {
     "inference": _ACT_FOR_TENANTS | frozenset({   # registry, models, feedback, requests: TENANT_CALLS
         ("s3:PutObject", objects(CAPTURE)),    # serving.service._LazyCaptureWriter: capture frames
         ("dynamodb:UpdateItem", SIGNALS),      # rollout.signals.DynamoSignals.add (ADD to counters)
+        ("dynamodb:UpdateItem", THROTTLE),     # serving.throttle.TenantLimiter._take (lease tokens)
         ("sqs:GetQueueUrl", GPU_QUEUE),        # gpu.wiring._queue_sender (first send)
         ("sqs:SendMessage", GPU_QUEUE),        # gpu.wiring._queue_sender: the dispatch job
     }) | _IDEMPOTENCY_RECORDS,                 # gpu.submit.powertools_idempotency (Idempotency-Key)

@@ -111,6 +111,8 @@ def platform_values(config: AppConfig, data: PlatformData) -> dict[str, str]:
         variable("idempotency_table"): data.tables[resources.IDEMPOTENCY_TABLE.id].table_name,
         variable("signals_table"): data.tables[resources.SIGNALS_TABLE.id].table_name,
         variable("requests_table"): data.tables[resources.REQUESTS_TABLE.id].table_name,
+        variable("throttle_table"): data.tables[resources.THROTTLE_TABLE.id].table_name,
+        variable("tenant_rate_limit"): str(config.tenant_rate_limit),
         variable("event_bus_name"): data.event_bus.event_bus_name,
         **{variable(q.setting): data.queues[q.id].queue_name for q in resources.QUEUES if q.setting},
         # The drift window is the drift schedule's period; capture frames are written at least once a minute.

@@ -21,13 +21,14 @@ from tenantml.settings import (
     get_serving_settings,
     get_signal_settings,
     get_tenancy_settings,
+    get_throttle_settings,
 )
 
 settings = get_serving_settings()
 service = build_service(settings, get_aws_settings(), signals=get_signal_settings(),
                         async_settings=get_async_settings(),
                         idempotency_table=get_idempotency_settings().idempotency_table,
-                        tenancy=get_tenancy_settings())
+                        tenancy=get_tenancy_settings(), throttle=get_throttle_settings())
 app = create_app(service)
 # GPU submits are idempotent per Idempotency-Key: an in-progress record expires with the invocation.
 gpu_context = getattr(service.gpu, "register_lambda_context", lambda context: None)

@@ -114,8 +114,7 @@ class _FakeData:
     artifact_bucket = _Named("bucket")
     registry_table = _Named("registry")
     event_bus = _Named("bus")
-    tables = {resources.IDEMPOTENCY_TABLE.id: _Named("idempotency"),
-              resources.SIGNALS_TABLE.id: _Named("signals"), resources.REQUESTS_TABLE.id: _Named("requests")}
+    tables = {t.id: _Named(t.id) for t in resources.TABLES if t is not resources.REGISTRY_TABLE}
     queues = {q.id: _Named(q.id) for q in resources.QUEUES}
 
 

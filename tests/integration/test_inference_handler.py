@@ -323,3 +323,25 @@ def test_the_function_reads_the_registry_and_models_as_the_requesting_tenant(cal
     sessions = [(r.role_arn, r.session_name) for r in sts_backends["123456789012"]["aws"].assumed_roles]
     role = NAMES.tenant_role_arn("inference")
     assert sessions == [(role, "tenantml-acme"), (role, "tenantml-globex")]
+
+
+def test_a_tenant_over_its_rate_limit_gets_429_and_another_tenant_does_not(aws, monkeypatch, load_handler,
+                                                                         load_event, lambda_context):
+    monkeypatch.setenv("TENANTML_TENANT_RATE_LIMIT", "3")
+    monkeypatch.setenv("TENANTML_TENANT_RATE_LEASE", "1")
+    reset_settings()
+    fn = load_handler("inference")
+    event = load_event("inference-list-models")
+    noisy = [fn.handler(copy.deepcopy(event), lambda_context) for _ in range(10)]
+    statuses = [r["statusCode"] for r in noisy]
+    # 3 per second: at most two windows in these few milliseconds, so at most 6 admitted
+    assert statuses.count(200) <= 6 and statuses.count(429) >= 4 and set(statuses) == {200, 429}
+    refused = next(r for r in noisy if r["statusCode"] == 429)
+    multi = refused.get("multiValueHeaders") or {}
+    headers = {**(refused.get("headers") or {}), **{k: v[-1] for k, v in multi.items()}}
+    assert headers["Retry-After"] == "1"
+    assert json.loads(refused["body"]) == {
+        "error": "too many requests for this tenant; retry after the Retry-After delay"}
+    quiet = fn.handler(as_tenant(event, "globex"), lambda_context)
+    assert quiet["statusCode"] == 200
+    assert fn.handler(load_event("inference-health-live"), lambda_context)["statusCode"] == 200  # no limit

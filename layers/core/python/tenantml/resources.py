@@ -29,6 +29,7 @@ from tenantml.settings import (
     ServingSettings,
     SignalSettings,
     TenancySettings,
+    ThrottleSettings,
     variable,
 )
 
@@ -108,7 +109,18 @@ REQUESTS_TABLE = TableDef(
     purpose="async (GPU) requests: status, failure reason; answers live in S3 (short-lived, TTL)",
 )
 
-TABLES: tuple[TableDef, ...] = (REGISTRY_TABLE, IDEMPOTENCY_TABLE, SIGNALS_TABLE, REQUESTS_TABLE)
+# Per-tenant request rate limits (tenantml.serving.throttle), one item per tenant and second:
+#   pk = "T#<tenant>#<epoch second>"   used (tokens leased by the execution environments), TTL 5 minutes
+THROTTLE_TABLE = TableDef(
+    id="throttle",
+    partition_key=KeyAttr("pk"),
+    ttl_attribute="expires_at",
+    point_in_time_recovery=False,
+    purpose="per-tenant request rate limit windows (one second each), short-lived",
+)
+
+TABLES: tuple[TableDef, ...] = (REGISTRY_TABLE, IDEMPOTENCY_TABLE, SIGNALS_TABLE, REQUESTS_TABLE,
+                                THROTTLE_TABLE)
 
 # Model artifacts: models/<tenant>/<model>/<version>/{model.onnx,tokenizer.json,manifest.json,baseline.json}
 ARTIFACT_BUCKET = BucketDef(id="artifacts", versioned=True, purpose="model artifacts and reports")
@@ -292,7 +304,8 @@ FUNCTIONS: tuple[FunctionDef, ...] = (
     FunctionDef("inference", "Open Inference Protocol v2 over REST, CPU ONNX models; async submit and "
                 "poll for GPU models",
                 (ServingSettings, SignalSettings, AsyncSettings, IdempotencySettings, TenancySettings,
-                 AwsSettings, ObservabilitySettings), memory_mb=2048, timeout_s=API_TIMEOUT_S),
+                 ThrottleSettings, AwsSettings, ObservabilitySettings), memory_mb=2048,
+                timeout_s=API_TIMEOUT_S),
     FunctionDef("registry", "register versions, aliases, rollouts, audit log (admin scope)",
                 (RegistrySettings, SignalSettings, AwsSettings), memory_mb=512, timeout_s=API_TIMEOUT_S),
     FunctionDef("publisher", "publish each committed registry change (audit record) on the event bus",
@@ -519,5 +532,6 @@ class LocalNames:
             "TENANTML_IDEMPOTENCY_TABLE": self.tables[IDEMPOTENCY_TABLE.id],
             "TENANTML_SIGNALS_TABLE": self.tables[SIGNALS_TABLE.id],
             "TENANTML_REQUESTS_TABLE": self.tables[REQUESTS_TABLE.id],
+            "TENANTML_THROTTLE_TABLE": self.tables[THROTTLE_TABLE.id],
             **{variable(q.setting): q.local_name(self.prefix) for q in QUEUES if q.setting},
         }

@@ -104,6 +104,16 @@ class TenancySettings(_Settings):
     tenant_sessions_max: int = Field(default=64, ge=1, le=4096)
 
 
+class ThrottleSettings(_Settings):
+    """Per-tenant request rate limits (tenantml.serving.throttle): requests per second per tenant across
+    all execution environments (0: off), tokens leased per DynamoDB write (default: a tenth of the
+    limit), and the table holding the windows."""
+
+    throttle_table: str | None = None
+    tenant_rate_limit: int = Field(default=0, ge=0, le=100_000)
+    tenant_rate_lease: int | None = Field(default=None, ge=1)
+
+
 class AuthSettings(_Settings):
     """The JWT authorizer. Exactly one of jwks_url / jwks_json."""
 
@@ -276,6 +286,10 @@ def get_aws_settings() -> AwsSettings:
 
 def get_tenancy_settings() -> TenancySettings:
     return get_settings(TenancySettings)
+
+
+def get_throttle_settings() -> ThrottleSettings:
+    return get_settings(ThrottleSettings)
 
 
 def get_auth_settings() -> AuthSettings:

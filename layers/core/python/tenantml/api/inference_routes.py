@@ -54,6 +54,7 @@ def build_router(service: InferenceService) -> Router:
         who = caller_from_event(router.current_event.raw_event)
         logger.append_keys(tenant=who.tenant)
         who.require(scope)
+        service.admit(who.tenant)        # the tenant's rate limit (429), after its scope is known good
         return who
 
     # health: no authorizer on these two routes

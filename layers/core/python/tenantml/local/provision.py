@@ -114,7 +114,9 @@ def platform_values(names: resources.LocalNames, aws: AwsSettings,
     resources.LOCAL_ONLY_VARIABLES and plus the AWS_ONLY ones). `auth`: the authorizer's JWKS/issuer/
     audience (the dev keys' auth_env)."""
     values = {**names.platform_values(), "TENANTML_REGION": aws.region, "TENANTML_TRACING": "false",
-              "TENANTML_TENANT_CLAIM": "tenant_id", **LOCAL_PACE, **(auth or {})}
+              "TENANTML_TENANT_CLAIM": "tenant_id", **LOCAL_PACE,
+              # the CDK app's default per-tenant limit (tenant_rate_limit), so local mode throttles alike
+              "TENANTML_TENANT_RATE_LIMIT": "50", **(auth or {})}
     if aws.endpoint_url:
         values["TENANTML_ENDPOINT_URL"] = aws.endpoint_url
     return values

@@ -34,11 +34,19 @@ from tenantml.serving import oip
 from tenantml.serving.cache import CachingRegistry, PredictionCache
 from tenantml.serving.capture import CaptureSink, capture_columns
 from tenantml.serving.runtime import EmbeddingModel, HeadModel, LoadedModel, ModelRuntime
-from tenantml.settings import AsyncSettings, AwsSettings, ServingSettings, SignalSettings, TenancySettings
+from tenantml.settings import (
+    AsyncSettings,
+    AwsSettings,
+    ServingSettings,
+    SignalSettings,
+    TenancySettings,
+    ThrottleSettings,
+)
 from tenantml.tenancy import ScopedClient, TenantSessions, acting_for
 
 if TYPE_CHECKING:
     from tenantml.rollout.signals import SignalRecorder
+    from tenantml.serving.throttle import TenantLimiter
 
 SERVER_NAME = "tenantml"
 
@@ -111,10 +119,11 @@ class InferenceService:
                  runtime: ModelRuntime | None = None, gpu: GpuBackend | None = None,
                  timer: Any = time.monotonic, capture: CaptureSink | None = None,
                  put_object: Callable[[str, bytes], None] | None = None,
-                 signals: SignalRecorder | None = None) -> None:
+                 signals: SignalRecorder | None = None, limiter: TenantLimiter | None = None) -> None:
         """`put_object(key, data)` writes to the artifact bucket (ground-truth feedback); `signals` records
         what each version of a live rollout did (tenantml.rollout.signals)."""
         self.settings = settings
+        self.limiter = limiter
         self.capture = capture
         self.signals = signals
         self._put_object = put_object
@@ -128,6 +137,11 @@ class InferenceService:
         self.gpu: GpuBackend = gpu or GpuNotConfigured()
 
     # --- server ----------------------------------------------------------------------------------
+
+    def admit(self, tenant: str) -> None:
+        """The tenant's request rate limit (tenantml.serving.throttle): 429 once its window is used up."""
+        if self.limiter is not None:
+            self.limiter.admit(tenant)
 
     @staticmethod
     def server_metadata() -> dict[str, Any]:
@@ -589,6 +603,20 @@ def _signal_recorder(settings: SignalSettings, aws: AwsSettings) -> SignalRecord
                           publish=publish_rollout_metrics)
 
 
+def _limiter(settings: ThrottleSettings | None, aws: AwsSettings) -> TenantLimiter | None:
+    if settings is None or not settings.tenant_rate_limit or not settings.throttle_table:
+        return None
+    from tenantml.serving.throttle import TenantLimiter  # noqa: PLC0415
+
+    def make_client() -> Any:
+        from tenantml.aws import botocore_client  # noqa: PLC0415 - deliberate lazy import
+
+        return botocore_client("dynamodb", aws)
+
+    return TenantLimiter(settings.throttle_table, settings.tenant_rate_limit,
+                         lease=settings.tenant_rate_lease, make_client=make_client)
+
+
 def preload_entries(settings: ServingSettings) -> list[str]:
     return [e.strip() for e in settings.preload_models.split(",") if e.strip()]
 
@@ -597,7 +625,8 @@ def build_service(settings: ServingSettings, aws: AwsSettings, *, registry: Regi
                   store: ArtifactStore | None = None, gpu: GpuBackend | None = None,
                   signals: SignalSettings | None = None, async_settings: AsyncSettings | None = None,
                   idempotency_table: str | None = None,
-                  tenancy: TenancySettings | None = None) -> InferenceService:
+                  tenancy: TenancySettings | None = None,
+                  throttle: ThrottleSettings | None = None) -> InferenceService:
     """The service from settings: AWS adapters created lazily, `preload_models` loaded now (init: what
     SnapStart snapshots, so it must finish before init ends). With `async_settings` naming an endpoint,
     GPU models are submitted to it (tenantml.gpu); without, they answer 503. With `tenancy` naming a
@@ -619,7 +648,8 @@ def build_service(settings: ServingSettings, aws: AwsSettings, *, registry: Regi
     service = InferenceService(registry=registry or _LazyRegistry(settings.registry_table, aws, sessions),
                                store=store or _LazyStore(settings.artifact_bucket, aws, sessions),
                                settings=settings, gpu=gpu, capture=capture, put_object=feedback,
-                               signals=_signal_recorder(signals, aws) if signals is not None else None)
+                               signals=_signal_recorder(signals, aws) if signals is not None else None,
+                               limiter=_limiter(throttle, aws))
     entries = preload_entries(settings)
     if entries:
         service.preload(entries)
