@@ -51,7 +51,8 @@ class EventBridgeBus:
             try:
                 resp = self._events.put_events(Entries=[item])
             except Exception as exc:  # noqa: BLE001 - botocore's own retries are spent; we try again
-                code = getattr(exc, "response", {}).get("Error", {}).get("Code", exc)
+                # a timeout or connection error has `response` None: it is retried like the others
+                code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", exc)
                 why = f"{type(exc).__name__}: {code}"
                 continue
             result = (resp.get("Entries") or [{}])[0]

@@ -114,8 +114,14 @@ class ResultRecorder:
         if failure_key:
             try:
                 failure = self._get(failure_key)
-            except Exception as exc:  # noqa: BLE001 - the reason is then the generic one
-                logger.warning("failure object unreadable", extra={"error": type(exc).__name__})
+            except Exception as exc:
+                code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+                if code not in ("NoSuchKey", "404"):
+                    # a throttled or failed read says nothing about the failure: retried (then the DLQ),
+                    # so the container's own reason is not replaced by the generic one
+                    raise
+                logger.warning("failure object missing; the reason is the generic one",
+                               extra={"error": code})
         reason = _reason(failure)
         if note.failureReason and "expired" in note.failureReason.lower():
             reason = "the request expired before the GPU endpoint ran it"

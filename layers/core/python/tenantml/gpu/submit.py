@@ -11,6 +11,11 @@ idempotency table), keyed by (tenant, key): a retry with the same key and the sa
 first submit's id and enqueues nothing; the same key with a different request is a 422, and a retry while
 the first is still being stored a 409 (the IETF Idempotency-Key draft's answers). Keys are per tenant: two
 tenants can never collide on one. A submit that fails leaves no idempotency record, so its retry runs.
+
+A submit that cannot store or queue the request answers 503 with Retry-After (the client retries); the
+request item it may have created is marked failed with the reason, so no item is left queued with no job.
+An idempotency table that fails before the submit ran is a 503 too; one that fails only to record the
+success of a submit that ran answers the submit's 202 (the request is queued; losing its id would lose it).
 """
 
 from __future__ import annotations
@@ -39,6 +44,19 @@ IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
 POLL_AFTER_S = 1                     # Retry-After on 202 answers: what a poller waits
 IDEMPOTENCY_EXPIRY_S = 24 * 3600     # as Stripe and the IETF draft suggest: a day of safe retries
+RETRY_AFTER_S = 2                    # Retry-After on a 503: the store, queue or idempotency table refused
+
+
+class NotStored(ServiceUnavailable):
+    """The request could not be stored or queued (S3, DynamoDB, SQS or the idempotency table refused,
+    after the SDK's retries): 503 with Retry-After; nothing was accepted, the client retries."""
+
+    def __init__(self, public_message: str, *, detail: str | None = None) -> None:
+        super().__init__(public_message, detail=detail)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_S)}
 
 
 class Unprocessable(TenantMLError):
@@ -129,11 +147,23 @@ class AsyncSubmitter:
         if key is not None and self._submit_once is not None:
             from aws_lambda_powertools.utilities.idempotency.exceptions import (  # noqa: PLC0415
                 IdempotencyAlreadyInProgressError,
+                IdempotencyPersistenceLayerError,
                 IdempotencyValidationError,
             )
 
+            done: list[dict[str, Any]] = []
             try:
-                answer = self._submit_once(submission=submission, body=body)
+                answer = self._submit_once(submission=submission, body=body, done=done)
+            except IdempotencyPersistenceLayerError as exc:
+                cause = type(exc.__cause__ or exc).__name__
+                if not done:      # the table failed before the submit ran, or after it failed: retry
+                    logger.warning("async submit: idempotency table unavailable", extra={"error": cause})
+                    raise NotStored("the request could not be stored; retry",
+                                    detail=f"idempotency: {cause}") from None
+                # the request is stored and queued: its id is the answer, though the key's record is not
+                logger.warning("async submit: idempotency record not completed",
+                               extra={"error": cause, "request_id": done[0]["id"]})
+                answer = done[0]
             except IdempotencyValidationError:
                 raise Unprocessable(f"{IDEMPOTENCY_KEY_HEADER} was already used for a different "
                                     "request") from None
@@ -145,7 +175,9 @@ class AsyncSubmitter:
         headers = {"Location": location(base_path, answer["id"]), "Retry-After": str(POLL_AFTER_S)}
         return 202, answer, headers
 
-    def _submit(self, *, submission: dict[str, Any], body: bytes) -> dict[str, Any]:
+    def _submit(self, *, submission: dict[str, Any], body: bytes,
+                done: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Store and queue one request; `done` receives the answer once the request is queued."""
         s = submission
         tenant, rid = s["tenant"], s["request_id"]
         try:
@@ -157,18 +189,30 @@ class AsyncSubmitter:
             raise
         except Exception as exc:  # noqa: BLE001 - SDK errors: reported as 503, logged with their type
             logger.warning("async submit not stored", extra={"error": type(exc).__name__})
-            raise ServiceUnavailable("the request could not be stored; retry",
-                                     detail=type(exc).__name__) from None
+            # a write that timed out may have been applied: never leave that item queued with no job
+            self._give_up(tenant, rid, "the request could not be stored")
+            raise NotStored("the request could not be stored; retry", detail=type(exc).__name__) from None
         try:
             self._enqueue(DispatchJob(tenant=tenant, request_id=rid).model_dump_json())
         except Exception as exc:  # noqa: BLE001
-            self.store.failed(tenant, rid, "the request could not be queued")
             logger.warning("async submit not queued", extra={"error": type(exc).__name__})
-            raise ServiceUnavailable("the request could not be queued; retry",
-                                     detail=type(exc).__name__) from None
+            self._give_up(tenant, rid, "the request could not be queued")
+            raise NotStored("the request could not be queued; retry", detail=type(exc).__name__) from None
         logger.info("async request queued", extra={"request_id": rid, "model": s["model"],
                                                    "version": s["version"], "rows": s["rows"]})
-        return accepted(rid, s["model"], s["version"])
+        answer = accepted(rid, s["model"], s["version"])
+        if done is not None:
+            done.append(answer)
+        return answer
+
+    def _give_up(self, tenant: str, rid: str, reason: str) -> None:
+        """Mark a request the client was refused as failed (nothing happens when it was never created);
+        best effort: the client's 503 does not depend on it."""
+        try:
+            self.store.failed(tenant, rid, reason)
+        except Exception as exc:  # noqa: BLE001 - the table itself is failing; the item's TTL ends it
+            logger.warning("async submit: refused request not marked failed",
+                           extra={"request_id": rid, "error": type(exc).__name__})
 
     # --- poll --------------------------------------------------------------------------------------
 

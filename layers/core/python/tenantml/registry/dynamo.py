@@ -62,6 +62,21 @@ _BATCH_ATTEMPTS = 5
 _CONDITION_FAILED = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
 
 
+class RegistryThrottled(Throttled):
+    """DynamoDB left the registry's keys unprocessed after every retry: the table's capacity, not the
+    caller's request rate, so it answers like any other registry fault (503, Retry-After, the same message
+    the serving path gives a throttled GetItem), never a bare 429. Still a Throttled for callers that tell
+    throttling apart."""
+
+    status = 503
+    default_message = "model unavailable"
+    retry_after = 5
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 LIVE_ROLLOUTS_PK = "ROLLOUTS"
 
 
@@ -200,7 +215,7 @@ class DynamoRegistry:
             request = resp.get("UnprocessedKeys") or {}
             if not request:
                 return found
-        raise Throttled(detail=f"registry BatchGetItem left unprocessed keys for {owners}/{model}")
+        raise RegistryThrottled(detail=f"registry BatchGetItem left unprocessed keys for {owners}/{model}")
 
     def _owner_state(self, tenant: str, model: str) -> ModelState | None:
         """The model `tenant` sees under this name: its own, else the shared one."""

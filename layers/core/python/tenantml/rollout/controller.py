@@ -75,10 +75,24 @@ class RolloutController:
         try:
             self.registry.apply_rollout(r.owner, r.model, t)
         except Conflict:
+            # Conflict is also the registry's answer when every optimistic attempt lost to contention:
+            # then nothing moved, and dropping the transition would lose it (a drift or alarm rollback
+            # comes once). Raised, the trigger is retried (Lambda's retries, then the failure queue).
+            if self._unchanged(r):
+                raise
             return _outcome("none", f"the rollout changed meanwhile (revision {r.revision} is stale); "
                                     f"{t.action} not applied", **where)
         return _outcome(t.action, t.reason, **where, revision=t.after.revision, from_weight=t.from_weight,
                         to_weight=t.to_weight)
+
+    def _unchanged(self, r: Rollout) -> bool:
+        """Whether the stored rollout is still at the revision `r` was read at (a read that fails raises:
+        the trigger is retried)."""
+        try:
+            now = self.registry.get_rollout(r.owner, r.model)
+        except ModelNotFound:
+            return False
+        return now is not None and now.id == r.id and now.revision == r.revision
 
     # --- the schedule --------------------------------------------------------------------------------
 
