@@ -162,6 +162,22 @@ def test_corrupt_artifact_is_503_and_a_fixed_upload_is_served(aws, call, load_ev
     assert call(load_event("inference-infer-risk"))[0] == 200
 
 
+def test_a_tampered_new_version_in_s3_is_refused_and_the_previous_version_keeps_serving(aws, call,
+                                                                                      load_event):
+    registry, store = aws
+    sm.register(registry, store, sm.tabular_version(owner="_shared", version="2"))   # production -> 2
+    tampered = bytearray(store.get("_shared", "project-risk", "2", "model.onnx"))
+    tampered[-20] ^= 1
+    store.put("_shared", "project-risk", "2", "model.onnx", bytes(tampered))
+    status, body, _ = call(load_event("inference-infer-risk"))
+    assert status == 200 and body["model_version"] == "1"
+    pinned = copy.deepcopy(load_event("inference-infer-risk"))
+    pinned["path"] = pinned["path"].replace("/infer", "/versions/2/infer")
+    pinned["resource"] = "/v2/models/{model}/versions/{version}/infer"
+    pinned["pathParameters"] = {"model": "project-risk", "version": "2"}
+    assert call(pinned)[0] == 503                    # the tampered version itself is never served
+
+
 @pytest.fixture
 def log_lines(monkeypatch):
     """The JSON lines the Powertools logger writes (its handler keeps the stream it was created with)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import textwrap
 from pathlib import Path
@@ -646,11 +647,13 @@ def test_sub_length_bound(keys):
 
 
 class _Resp:
+    """An HTTP response body read as a stream (each read consumes what it returns)."""
+
     def __init__(self, body: bytes) -> None:
-        self._body, self.status = body, 200
+        self._body, self.status = io.BytesIO(body), 200
 
     def read(self, n: int = -1) -> bytes:
-        return self._body if n < 0 else self._body[:n]
+        return self._body.read(n)
 
     def __enter__(self):
         return self

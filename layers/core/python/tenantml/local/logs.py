@@ -42,7 +42,7 @@ _STOP = object()
 
 
 def _error_code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    return str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))  # a timeout: None
 
 
 class LogShipper:

@@ -23,9 +23,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+from cachetools import TTLCache
 
 from tenantml import SHARED_TENANT, __version__
-from tenantml.errors import BadRequest, ModelNotFound, ModelUnavailable, NotFound, TenantMLError
+from tenantml.errors import (
+    BadRequest,
+    IntegrityError,
+    ModelNotFound,
+    ModelUnavailable,
+    NotFound,
+    TenantMLError,
+)
 from tenantml.manifest import NAME_RE, TENANT_RE, VERSION_RE
 from tenantml.monitoring.cost import note_inference
 from tenantml.observability import NAMESPACE, logger, metrics
@@ -33,7 +41,7 @@ from tenantml.registry import ArtifactStore, ModelSummary, ModelVersion, Registr
 from tenantml.serving import oip
 from tenantml.serving.cache import CachingRegistry, PredictionCache
 from tenantml.serving.capture import CaptureSink, capture_columns
-from tenantml.serving.runtime import EmbeddingModel, HeadModel, LoadedModel, ModelRuntime
+from tenantml.serving.runtime import EmbeddingModel, HeadModel, LoadedModel, ModelKey, ModelRuntime, model_key
 from tenantml.settings import (
     AsyncSettings,
     AwsSettings,
@@ -135,6 +143,8 @@ class InferenceService:
         self.predictions = PredictionCache(size=settings.prediction_cache_size,
                                            ttl=settings.prediction_cache_ttl_seconds, timer=timer)
         self.gpu: GpuBackend = gpu or GpuNotConfigured()
+        # Versions whose artifacts failed verification, not retried for a minute (see _healthy).
+        self._unverifiable: TTLCache[ModelKey, IntegrityError] = TTLCache(maxsize=256, ttl=60, timer=timer)
 
     # --- server ----------------------------------------------------------------------------------
 
@@ -228,6 +238,8 @@ class InferenceService:
         binary = request.binary_outputs(selected or [s.name for s in manifest.outputs])
         rows = next(iter(tensors.values())).rows
 
+        if routed is None and version is None:
+            mv = self._healthy(tenant, mv)          # a tampered artifact: the previous healthy version
         outputs = None
         if self.predictions.enabled:
             key = self.predictions.key(tenant, mv, oip.input_digest(tensors))
@@ -436,6 +448,42 @@ class InferenceService:
                 or backbone.manifest.backend != "cpu":
             raise ModelUnavailable(detail="backbone is not a CPU embedding model")
         return backbone
+
+    def _healthy(self, tenant: str, mv: ModelVersion) -> ModelVersion:
+        """`mv`, or, when its artifacts fail verification (a tampered or corrupted model.onnx, tokenizer
+        or head: IntegrityError), the newest earlier version of the same model that verifies and loads.
+        For requests that name no version (the alias decides): a pinned version is the caller's choice
+        and answers 503. The failure is logged, counted (ModelLoadFailure, which alarms, and
+        ModelIntegrityFallback) and remembered for a minute, so the tampered files are not downloaded
+        again on every request; without a healthy earlier version the 503 stands."""
+        if mv.manifest.backend != "cpu":
+            return mv
+        failure = self._unverifiable.get(model_key(mv))
+        if failure is None:
+            try:
+                self._load(mv)
+                return mv
+            except IntegrityError as exc:
+                failure = exc
+        summary = next((s for s in self._visible(tenant) if s.model == mv.model and s.owner == mv.owner),
+                       None)
+        earlier = list(summary.versions) if summary is not None else []
+        earlier = earlier[:earlier.index(mv.version)] if mv.version in earlier else []
+        for candidate in reversed(earlier):
+            try:
+                previous = self.resolve(tenant, mv.model, candidate)
+                if previous.owner != mv.owner:
+                    continue
+                self._load(previous)
+            except TenantMLError:
+                continue
+            self._unverifiable[model_key(mv)] = failure
+            logger.error("model version failed verification; serving the previous healthy version",
+                         extra={"failed_version": mv.version, "served_version": previous.version,
+                                "detail": failure.detail})
+            metrics.add_metric(name="ModelIntegrityFallback", unit=MetricUnit.Count, value=1)
+            return previous
+        raise failure
 
     def _load(self, mv: ModelVersion) -> tuple[LoadedModel, EmbeddingModel | None]:
         loaded = self.runtime.get(mv)
