@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the API Gateway flavour to emulate: REST API or HTTP API (default: %(default)s)")
     loc.set_defaults(func=_lazy("tenantml.local.platform:local_command"))
 
+    # loadtest ----------------------------------------------------------------------------------
+    lt = sub.add_parser("loadtest", help="a bounded load test of the running local platform (loopback)")
+    lt.add_argument("--clients", type=int, default=32, help="concurrent clients (default: %(default)s)")
+    lt.add_argument("--tenants", type=int, default=8, help="tenants they spread over (default: %(default)s)")
+    lt.add_argument("--requests", type=int, default=4000, help="requests in all (default: %(default)s)")
+    lt.add_argument("--noisy", type=int, default=0, metavar="N",
+                    help="N more clients of one noisy tenant, as fast as they can (default: none)")
+    lt.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
+    lt.add_argument("--json", dest="json_out", default=None, help="also write the figures as JSON here")
+    lt.set_defaults(func=_lazy("tenantml.local.loadtest:loadtest_command"))
+
     # events ------------------------------------------------------------------------------------
     ev = sub.add_parser("events", help="the event side: declared triggers, published events, schedules")
     evsub = ev.add_subparsers(dest="events_verb", required=True, metavar="VERB")
