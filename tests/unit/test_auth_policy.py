@@ -203,14 +203,18 @@ def test_event_without_headers_raises_unauthorized(verifier):
         authorize({"type": "REQUEST", "methodArn": ARN}, verifier)
 
 
-def test_keys_unavailable_is_raised_not_denied(keys):
+def keys_down() -> TokenVerifier:
+    """A verifier whose JWKS cannot be fetched."""
     class Down:
         def fetch(self):
             raise JwksError("down")
 
-    v = TokenVerifier(JwksCache(Down(), clock=lambda: 0.0), issuer=ISS, audience=AUD, clock=lambda: NOW)
+    return TokenVerifier(JwksCache(Down(), clock=lambda: 0.0), issuer=ISS, audience=AUD, clock=lambda: NOW)
+
+
+def test_keys_unavailable_is_raised_not_denied(keys):
     with pytest.raises(JwksUnavailable):
-        authorize(event(f"Bearer {token(keys)}"), v)
+        authorize(event(f"Bearer {token(keys)}"), keys_down())
 
 
 def test_bearer_token_extracts_exactly_the_token():
@@ -371,13 +375,8 @@ def test_http_api_an_expired_or_foreign_token_is_not_authorized(keys, verifier):
 
 
 def test_http_api_unreachable_keys_still_raise(keys):
-    class Down:
-        def fetch(self):
-            raise JwksError("down")
-
-    v = TokenVerifier(JwksCache(Down(), clock=lambda: 0.0), issuer=ISS, audience=AUD, clock=lambda: NOW)
     with pytest.raises(JwksUnavailable):
-        authorize(v2_event(f"Bearer {token(keys)}"), v)
+        authorize(v2_event(f"Bearer {token(keys)}"), keys_down())
 
 
 def test_rest_token_event_reads_authorization_token(keys, verifier):

@@ -66,6 +66,16 @@ def _error_template() -> dict[str, str]:
     return {"application/json": '{"error":$context.error.messageString}'}
 
 
+def checked_access_logs(scope: Construct, config: AppConfig, routes: Sequence[resources.Route],
+                        targets: Mapping[str, lambda_.IFunction]) -> logs.LogGroup:
+    """Both API flavours' first steps: every route's function has a target; the access log group."""
+    unknown = sorted({r.function for r in routes} - targets.keys())
+    if unknown:
+        raise KeyError(f"routes name functions without a target: {unknown}")
+    return logs.LogGroup(scope, "AccessLogs", retention=retention(config.log_retention_days),
+                         removal_policy=RemovalPolicy.DESTROY)
+
+
 class PlatformApi(Construct):
     """`targets` maps a function name used in `routes` to what API Gateway invokes (function or alias)."""
 
@@ -73,12 +83,7 @@ class PlatformApi(Construct):
                  routes: Sequence[resources.Route], targets: Mapping[str, lambda_.IFunction],
                  authorizer_function: lambda_.IFunction) -> None:
         super().__init__(scope, construct_id)
-        unknown = sorted({r.function for r in routes} - targets.keys())
-        if unknown:
-            raise KeyError(f"routes name functions without a target: {unknown}")
-
-        self.access_logs = logs.LogGroup(self, "AccessLogs", retention=retention(config.log_retention_days),
-                                         removal_policy=RemovalPolicy.DESTROY)
+        self.access_logs = checked_access_logs(self, config, routes, targets)
         self.rest_api = apigw.RestApi(
             self, "RestApi",
             rest_api_name=f"tenantml-{config.stage}",

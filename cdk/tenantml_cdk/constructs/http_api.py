@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 import jsii
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_apigatewayv2 as apigwv2
 from aws_cdk import aws_apigatewayv2_authorizers as authorizers
@@ -31,8 +31,7 @@ from constructs import Construct
 
 from tenantml import resources
 from tenantml_cdk.config import AppConfig
-from tenantml_cdk.constructs.api import AUTH_HEADER, TENANT_CONTEXT_KEY
-from tenantml_cdk.constructs.functions import retention
+from tenantml_cdk.constructs.api import AUTH_HEADER, TENANT_CONTEXT_KEY, checked_access_logs
 from tenantml_cdk.nag import acknowledge
 
 
@@ -68,11 +67,7 @@ class PlatformHttpApi(Construct):
                  routes: Sequence[resources.Route], targets: Mapping[str, lambda_.IFunction],
                  authorizer_function: lambda_.IFunction) -> None:
         super().__init__(scope, construct_id)
-        unknown = sorted({r.function for r in routes} - targets.keys())
-        if unknown:
-            raise KeyError(f"routes name functions without a target: {unknown}")
-        self.access_logs = logs.LogGroup(self, "AccessLogs", retention=retention(config.log_retention_days),
-                                         removal_policy=RemovalPolicy.DESTROY)
+        self.access_logs = checked_access_logs(self, config, routes, targets)
         self.http_api = apigwv2.HttpApi(
             self, "HttpApi", api_name=f"tenantml-{config.stage}", create_default_stage=False,
             description="tenantml: Open Inference Protocol v2 and the model registry admin API (HTTP API)")
