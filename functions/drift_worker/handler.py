@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-
-from tenantml.events.shapes import refuse_unless, sqs_batch
+from tenantml.events.shapes import batch_handler
 from tenantml.monitoring.jobs import DriftJob, worker_from_settings
 from tenantml.observability import logger, metrics
 from tenantml.settings import (
@@ -27,7 +25,6 @@ settings = get_drift_settings()
 worker = worker_from_settings(settings, get_registry_settings(), get_publisher_settings(), get_aws_settings(),
                               metrics=metrics, signals_table=get_signal_settings().signals_table,
                               tenancy=get_tenancy_settings())
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def record_handler(record: Any) -> str:
@@ -39,9 +36,4 @@ def record_handler(record: Any) -> str:
     return outcome.verdict
 
 
-@logger.inject_lambda_context(clear_state=True)
-@refuse_unless(sqs_batch, "an SQS batch")
-@metrics.log_metrics
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                    context=context)
+handler = batch_handler(record_handler)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-
-from tenantml.events.shapes import refuse_unless, sqs_batch
+from tenantml.events.shapes import batch_handler
 from tenantml.gpu.submit import DispatchJob
 from tenantml.gpu.wiring import dispatcher
-from tenantml.observability import logger, metrics
+from tenantml.observability import logger
 from tenantml.settings import (
     get_async_settings,
     get_aws_settings,
@@ -25,7 +23,6 @@ from tenantml.tenancy import TenantSessions
 dispatch = dispatcher(get_async_settings(), bucket=get_registry_settings().artifact_bucket,
                       aws=get_aws_settings(),
                       sessions=TenantSessions.from_settings(get_tenancy_settings(), get_aws_settings()))
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def record_handler(record: Any) -> str:
@@ -35,9 +32,4 @@ def record_handler(record: Any) -> str:
     return dispatch.handle(job, receives).verdict
 
 
-@logger.inject_lambda_context(clear_state=True)
-@refuse_unless(sqs_batch, "an SQS batch")
-@metrics.log_metrics
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                    context=context)
+handler = batch_handler(record_handler)

@@ -68,3 +68,31 @@ def refuse_unless(accepts: Callable[[Any], bool], expected: str,
             return handler(event, context)
         return wrapper
     return decorate
+
+
+def batch_handler(record_handler: Callable[[Any], Any], kind: str = "SQS") -> Callable[[Any, Any], Any]:
+    """The Lambda handler of a queue (kind "SQS") or stream ("DynamoDBStreams") consumer: Powertools'
+    partial batch responses (a failed record is retried alone; every record of a wholly failed batch is
+    reported too, so the invocation's metrics are still flushed), the logger's context, metrics, and
+    `refuse_unless` for a payload that is not such a batch."""
+    from aws_lambda_powertools.utilities.batch import (  # noqa: PLC0415 - only the consumers need it
+        BatchProcessor,
+        EventType,
+        process_partial_response,
+    )
+
+    from tenantml.observability import metrics  # noqa: PLC0415
+
+    event_type = EventType[kind]
+    processor = BatchProcessor(event_type=event_type, raise_on_entire_batch_failure=False)
+    accepts, expected = ((sqs_batch, "an SQS batch") if event_type is EventType.SQS
+                         else (stream_batch, "a DynamoDB stream batch"))
+
+    @logger.inject_lambda_context(clear_state=True)
+    @refuse_unless(accepts, expected)
+    @metrics.log_metrics
+    def handler(event: Any, context: Any) -> dict[str, Any]:
+        return process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                        context=context)
+
+    return handler
