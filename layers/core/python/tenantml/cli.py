@@ -215,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "minutes and ~9 GB)")
     bd.add_argument("--json", dest="json_out", default=None, help="also write the figures as JSON here")
     bd.set_defaults(func=_lazy("tenantml.monitoring.bench:drift_bench_command"))
+
+    # openapi -----------------------------------------------------------------------------------
+    oa = sub.add_parser("openapi", help="print the HTTP API's OpenAPI 3.1 document (generated from the "
+                                        "routes and the request models; docs/openapi.json is its copy)")
+    oa.add_argument("--out", default=None, metavar="FILE", help="write it to FILE instead of stdout")
+    oa.set_defaults(func=_lazy("tenantml.api.openapi:openapi_command"))
     return p
 
 

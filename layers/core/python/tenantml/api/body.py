@@ -26,6 +26,10 @@ from tenantml.errors import BadRequest, PayloadTooLarge
 
 GZIP_MAGIC = b"\x1f\x8b"
 LENGTH_HEADER = "inference-header-content-length"
+NOT_BASE64 = "request body is flagged base64 but is not valid base64"
+# The admin API's bodies (JSON with base64 model files): nothing larger reaches a function (API Gateway's
+# payload quota; Lambda's own request limit is 6 MB), so this bounds decompression only.
+MAX_ADMIN_BODY_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ class RequestBody:
 
 
 def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
-    for key, value in (headers or {}).items():
+    if not isinstance(headers, Mapping):     # absent (None), or a hand-made event's junk
+        return None
+    for key, value in headers.items():
         if key.lower() == name:
             return str(value)
     return None
@@ -79,24 +85,44 @@ def decompress(data: bytes, encoding: str | None, *, max_bytes: int) -> bytes:
 def read_body(event: Mapping[str, Any], *, max_bytes: int) -> RequestBody:
     """The client's body from a proxy event: base64 undone, decompressed within `max_bytes`, with the
     binary header length. Every malformed case is a 400 with its own message; too large a 413."""
-    raw = event.get("body")
-    headers = event.get("headers") or {}
-    if raw is None or raw == "":
-        data = b""
-    elif event.get("isBase64Encoded"):
-        try:
-            data = base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest("request body is flagged base64 but is not valid base64") from None
-    else:
-        data = str(raw).encode("utf-8", "surrogatepass")
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
-    data = decompress(data, _header(headers, "content-encoding"), max_bytes=max_bytes)
-    length = _header(headers, LENGTH_HEADER)
+    data = _body_bytes(event, max_bytes=max_bytes)
+    length = _header(event.get("headers"), LENGTH_HEADER)
     json_length = None
     if length is not None:
         if not (length.isascii() and length.isdigit()) or len(length) > 12:
             raise BadRequest("Inference-Header-Content-Length must be a number of bytes")
         json_length = int(length)
     return RequestBody(data, json_length)
+
+
+def _body_bytes(event: Mapping[str, Any], *, max_bytes: int) -> bytes:
+    raw = event.get("body")
+    headers = event.get("headers") or {}
+    if raw is None or raw == "":
+        data = b""
+    elif event.get("isBase64Encoded"):
+        if not isinstance(raw, str | bytes):     # a hand-made event: b64decode would raise TypeError
+            raise BadRequest(NOT_BASE64)
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(NOT_BASE64) from None
+    else:
+        data = str(raw).encode("utf-8", "surrogatepass")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+    return decompress(data, _header(headers, "content-encoding"), max_bytes=max_bytes)
+
+
+def read_text(event: Mapping[str, Any], *, max_bytes: int) -> str | None:
+    """The client's body as text (the admin API's JSON bodies): base64 undone and decompressed as by
+    `read_body` (no binary extension header here), then strict UTF-8. A body that is not UTF-8 is a 400
+    of its own, never a UnicodeDecodeError (Powertools' `decoded_body` raises on it, and on a body
+    flagged base64 that is not base64). None for an empty body."""
+    data = _body_bytes(event, max_bytes=max_bytes)
+    if not data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8") from None

@@ -6,11 +6,22 @@ from __future__ import annotations
 import json
 
 from aws_lambda_powertools.event_handler import Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from tenantml.errors import TenantMLError
 from tenantml.observability import logger
 
 JSON = "application/json"
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers, the functions' and the gateway's own (REST API gateway responses):
+    exactly this object. Documented in the OpenAPI document (tenantml.api.openapi)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error: str = Field(description="a public message: never a stack trace, an exception's text, an S3 URI "
+                                   "or another tenant's id")
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -31,6 +31,7 @@ from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tenantml import SHARED_TENANT
+from tenantml.api.body import MAX_ADMIN_BODY_BYTES, read_text
 from tenantml.api.context import Caller, caller_from_event
 from tenantml.api.errors import JSON, register_error_handlers
 from tenantml.api.flavours import BothFlavours
@@ -146,6 +147,11 @@ def _build(resolver: type[ApiGatewayResolver], service: RegistrationService, rep
         who.require(WRITE_SCOPE)
         return who
 
+    def body_text() -> str | None:
+        """The request body as text: base64 undone, decompressed, strict UTF-8 (400 otherwise; never
+        Powertools' `decoded_body`, which raises on a body that is not base64 or not UTF-8)."""
+        return read_text(app.current_event.raw_event, max_bytes=MAX_ADMIN_BODY_BYTES)
+
     def write_owner(who: Caller) -> str:
         """The tenant a write goes to: the caller's own, or `_shared` with `?owner=_shared`; checked
         against the caller's scopes (403) before anything else is read."""
@@ -180,7 +186,7 @@ def _build(resolver: type[ApiGatewayResolver], service: RegistrationService, rep
     def register_version(model: str) -> Response:
         who = caller()
         owner = write_owner(who)
-        body: RegisterVersionBody = _parse(RegisterVersionBody, app.current_event.decoded_body)
+        body: RegisterVersionBody = _parse(RegisterVersionBody, body_text())
         registered = service.register(owner=owner, model=model, manifest=body.manifest, actor=who.sub,
                                         version=body.version, files=_decode_files(body.files),
                                         aliases=body.aliases)
@@ -194,7 +200,7 @@ def _build(resolver: type[ApiGatewayResolver], service: RegistrationService, rep
         owner = write_owner(who)
         if not ALIAS_RE.fullmatch(alias):
             raise BadRequest(f"alias must match {ALIAS_RE.pattern}")
-        body: SetAliasBody = _parse(SetAliasBody, app.current_event.decoded_body)
+        body: SetAliasBody = _parse(SetAliasBody, body_text())
         change = service.set_alias(owner=owner, model=model, alias=alias, version=body.version,
                                      actor=who.sub)
         return {"model": change.model, "alias": change.alias, "version": change.version,
@@ -226,7 +232,7 @@ def _build(resolver: type[ApiGatewayResolver], service: RegistrationService, rep
     def start_rollout(model: str) -> Response:
         who = caller()
         owner = write_owner(who)
-        body: StartRollout = _parse(StartRollout, app.current_event.decoded_body)
+        body: StartRollout = _parse(StartRollout, body_text())
         rollouts.start(owner, model, body, actor=who.sub)
         return Response(201, JSON, json.dumps(rollouts.status(owner, model)),
                         headers={"Location": f"/admin/models/{model}/rollout"})
@@ -240,7 +246,7 @@ def _build(resolver: type[ApiGatewayResolver], service: RegistrationService, rep
     def rollout_action(model: str, action: str) -> dict[str, Any]:
         who = caller()
         owner = write_owner(who)
-        raw = app.current_event.decoded_body
+        raw = body_text()
         body: RolloutAction = _parse(RolloutAction, raw) if raw else RolloutAction()
         rollouts.act(owner, model, action, actor=who.sub, reason=body.reason)
         return rollouts.status(owner, model)

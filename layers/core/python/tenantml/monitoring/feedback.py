@@ -99,6 +99,16 @@ class FeedbackBatch(BaseModel):
         return LABEL if self.feedback[0].label is not None else VALUE
 
 
+class FeedbackAccepted(BaseModel):
+    """The answer to POST /v2/models/{model}/feedback (202): documents the response (tenantml.api.openapi);
+    tests validate the real one against it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    accepted: int = Field(ge=1, le=MAX_ITEMS, description="items stored (matched or not: never told apart)")
+
+
 def parse_batch(payload: Any) -> FeedbackBatch:
     """The validated batch, or BadRequest naming the first problem."""
     from tenantml.errors import BadRequest  # noqa: PLC0415

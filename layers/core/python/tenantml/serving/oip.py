@@ -60,7 +60,8 @@ class RequestInput(_Strict):
     shape: list[Annotated[StrictInt, Field(ge=0)]] = Field(min_length=1, max_length=8)
     datatype: Datatype
     parameters: dict[str, Any] | None = None
-    data: Any = _MISSING  # converted by decode_inputs, not by pydantic (see module docstring)
+    data: Any = Field(default=_MISSING, description="the elements, row-major (flat or nested lists); or "
+                      "parameters.binary_data_size with binary tensor data")  # converted by decode_inputs
 
     @property
     def binary_size(self) -> int | None:
@@ -240,6 +241,16 @@ def _flatten_strings(data: Any, name: str) -> list[str]:
     return out
 
 
+def _check_unicode(strings: list[str], name: str) -> None:
+    """JSON may escape a lone surrogate ("\\ud800"), which json.loads turns into a str no tokenizer (nor
+    UTF-8) takes: a 400 here, not a TypeError deep in the model. One C-level pass over the batch."""
+    try:
+        "".join(strings).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"input '{name}' (BYTES) holds text that is not valid Unicode (a lone surrogate "
+                         "escape such as \\ud800)") from None
+
+
 def _numeric_array(data: Any, spec: TensorSpec, name: str) -> np.ndarray:
     if not isinstance(data, list):
         raise BadRequest(f"input '{name}' data must be a list")
@@ -322,6 +333,7 @@ def decode_input(inp: RequestInput, spec: TensorSpec, *, max_batch: int, binary:
         raise BadRequest(f"input '{name}' has no data (give data, or binary_data_size with binary data)")
     if spec.datatype == "BYTES":
         strings = _flatten_strings(inp.data, name)
+        _check_unicode(strings, name)
         if len(strings) != n:
             raise BadRequest(f"input '{name}' has {len(strings)} elements but shape {_shape_str(shape)} "
                              f"needs {n}")
@@ -396,6 +408,49 @@ def model_metadata(name: str, versions: Sequence[str], manifest: Manifest) -> di
     """OIP model metadata: name, versions, platform, inputs, outputs. Never the owner tenant."""
     return {"name": name, "versions": list(versions), "platform": manifest.platform,
             "inputs": tensor_metadata(manifest.inputs), "outputs": tensor_metadata(manifest.outputs)}
+
+
+# The response shapes, as pydantic models for the API's OpenAPI document (tenantml.api.openapi). The
+# responses themselves are serialized by hand (below, for speed); tests validate real responses against
+# these models, so the document and the code cannot drift apart.
+
+
+class _Documented(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorMetadata(_Documented):
+    name: str
+    datatype: Datatype
+    shape: list[int] = Field(description="-1 marks a variable dimension (the batch)")
+
+
+class ModelMetadataResponse(_Documented):
+    """GET /v2/models/{model}[/versions/{version}]."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ResponseOutput(_Documented):
+    name: str
+    datatype: Datatype
+    shape: list[int]
+    data: list[Any] | None = Field(default=None, description="row-major; absent when the output is binary")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data_size: the output's bytes after the JSON header")
+
+
+class InferResponse(_Documented):
+    """POST /v2/models/{model}[/versions/{version}]/infer, 200 (also GET /v2/requests/{id} once done)."""
+
+    model_name: str
+    model_version: str
+    id: str | None = Field(default=None, description="the request's id, or the one the platform assigned")
+    outputs: list[ResponseOutput]
 
 
 # Shortest %-format that round-trips each float type exactly (float32 needs 9 significant digits).
