@@ -1,52 +1,135 @@
 #!/usr/bin/env bash
-# Mutation testing of tenantml/auth/ (mutmut 3; `make mutation`; not part of `make test` or CI).
+# Mutation testing (mutmut 3; `make mutation`; not part of `make test` or CI), per target layer set:
+#
+#   MUTATION_TARGET=auth         tenantml/auth/{verifier,jwks,policy,devkeys}.py (the default)
+#   MUTATION_TARGET=api-serving  tenantml/api/*.py (not __init__) and tenantml/serving/{service,cache,runtime}.py
 #
 # mutmut names mutants after the file's path below the work dir (a `src/` prefix is dropped), so the layer's
 # package has to sit at src/tenantml for the names to match the imported module (tenantml.auth.verifier); a
 # run from the repository root (layers/core/python/...) would record no hits. This script stages a src-style
-# copy in .mutation/ (gitignored): src/tenantml plus the test tree and the folders the tests read, and runs
-# mutmut there. mutmut copies it again into .mutation/mutants/ and puts mutants/src first on sys.path, so
-# the mutated copy is imported instead of the editable install. One worker (--max-children 1) by default.
+# copy in .mutation/<target>/ (gitignored; one folder per target, so runs do not clobber each other):
+# src/tenantml plus the test tree and the folders the tests read, and runs mutmut there. mutmut copies it
+# again into .mutation/<target>/mutants/ and puts mutants/src first on sys.path, so the mutated copy is
+# imported instead of the editable install. One worker (--max-children 1) by default.
 #
-#   tools/mutation.sh                  # generate + run, then print the results
+#   tools/mutation.sh                                  # auth: generate + run, then print the results
+#   MUTATION_TARGET=api-serving tools/mutation.sh      # api/ + serving/{service,cache,runtime}.py
 #   MUTATION_CHILDREN=2 tools/mutation.sh
-#   tools/mutation.sh show <mutant>    # any other arguments are passed to mutmut as they are
+#   MUTATION_TARGET=api-serving tools/mutation.sh results          # any arguments are passed to mutmut as
+#   MUTATION_TARGET=api-serving tools/mutation.sh show <mutant>    # they are, on that target's last run
+#   MUTATION_TARGET=api-serving tools/mutation.sh run 'tenantml.api.*'   # re-run some mutants in place
+#
+# Each target's test selection is the unit tests plus the fast integration tests (moto, in-process) that
+# exercise its modules; the api-serving selection (~400 tests) takes ~70 s as a plain pytest run, and its
+# 1,780 mutants take well over an hour on one worker (the mutants of functions every test reaches, such as
+# read_body, caller_from_event or build_service, run last and run most of the selection each).
+# To re-test survivors after adding tests, `run <names>` re-stages the test tree and re-runs the named
+# mutants (mutmut collects which mutants the new tests reach first).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-WORK="$ROOT/.mutation"
+TARGET="${MUTATION_TARGET:-auth}"
+WORK="$ROOT/.mutation/$TARGET"
 MUTMUT=("$(dirname "$PY")/mutmut")
 "$PY" -c 'import mutmut' 2>/dev/null || { echo "mutmut is missing: pip install -e '.[mutation]'" >&2; exit 1; }
 
-if [[ $# -gt 0 ]]; then  # mutmut results / show / browse ... on the last run
+case "$TARGET" in
+    auth)
+        ONLY_MUTATE='
+  "src/tenantml/auth/verifier.py",
+  "src/tenantml/auth/jwks.py",
+  "src/tenantml/auth/policy.py",
+  "src/tenantml/auth/devkeys.py",'
+        TESTS='
+  "tests/unit/test_auth_devkeys.py",
+  "tests/unit/test_auth_jwks.py",
+  "tests/unit/test_auth_policy.py",
+  "tests/unit/test_auth_verifier.py",
+  "tests/unit/test_jwt_attacks.py",
+  "tests/unit/test_tenancy_regressions.py",'
+        ;;
+    api-serving)
+        ONLY_MUTATE='
+  "src/tenantml/api/body.py",
+  "src/tenantml/api/context.py",
+  "src/tenantml/api/errors.py",
+  "src/tenantml/api/inference_routes.py",
+  "src/tenantml/api/registry_routes.py",
+  "src/tenantml/serving/service.py",
+  "src/tenantml/serving/cache.py",
+  "src/tenantml/serving/runtime.py",'
+        TESTS='
+  "tests/unit/test_service.py",
+  "tests/unit/test_registry_routes.py",
+  "tests/unit/test_tenancy_regressions.py",
+  "tests/unit/test_registry_cache.py",
+  "tests/unit/test_oip.py",
+  "tests/unit/test_binary_tensors.py",
+  "tests/unit/test_rollout_serving.py",
+  "tests/unit/test_capture_sink.py",
+  "tests/unit/test_feedback.py",
+  "tests/unit/test_mutants_api.py",
+  "tests/unit/test_mutants_serving.py",
+  "tests/integration/test_inference_handler.py",
+  "tests/integration/test_registry_handler.py",
+  "tests/integration/test_feedback_route.py",
+  "tests/integration/test_registry_registration.py",
+  "tests/integration/test_token_expiry.py",'
+        ;;
+    *)
+        echo "unknown MUTATION_TARGET '$TARGET' (auth, api-serving)" >&2
+        exit 2
+        ;;
+esac
+
+# mutmut runs pytest in-process, several times, under its own output capture: the Powertools logger's
+# handler keeps the stdout it was created with (the first run's, closed since), and a test that swaps the
+# handler's stream (log_lines in tests/integration) then fails on flushing it. The staged copy (only)
+# points such handlers back at the live stdout before each test.
+stage_tests() {  # copy the test tree to $1/tests, with that hook added to its conftest
+    rm -rf "$1/tests"
+    cp -r "$ROOT/tests" "$1/tests"
+    find "$1/tests" -name __pycache__ -type d -prune -exec rm -rf {} +
+    cat >> "$1/tests/conftest.py" <<'PY'
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):  # added by tools/mutation.sh to the staged copy only
+    import logging
+
+    for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for h in getattr(lg, "handlers", []):
+            stream = getattr(h, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                h.stream = sys.stdout
+PY
+}
+
+if [[ $# -gt 0 ]]; then  # mutmut results / show / browse / run <names> ... on this target's last run
+    if [[ $1 == run && -d "$WORK/mutants" ]]; then  # re-running: pick up new or changed tests
+        stage_tests "$WORK"
+        stage_tests "$WORK/mutants"
+    fi
     cd "$WORK" && exec "${MUTMUT[@]}" "$@"
 fi
 
 rm -rf "$WORK"
 mkdir -p "$WORK/src"
 cp -r "$ROOT/layers/core/python/tenantml" "$WORK/src/tenantml"
-cp -r "$ROOT/tests" "$ROOT/events" "$ROOT/functions" "$ROOT/gpu_endpoint" "$WORK/"
+cp -r "$ROOT/events" "$ROOT/functions" "$ROOT/gpu_endpoint" "$WORK/"
 find "$WORK" -name __pycache__ -type d -prune -exec rm -rf {} +
-cat > "$WORK/pyproject.toml" <<'TOML'
+stage_tests "$WORK"
+cat > "$WORK/pyproject.toml" <<TOML
 [tool.mutmut]
 source_paths = ["src/"]
-only_mutate = [
-  "src/tenantml/auth/verifier.py",
-  "src/tenantml/auth/jwks.py",
-  "src/tenantml/auth/policy.py",
-  "src/tenantml/auth/devkeys.py",
+only_mutate = [$ONLY_MUTATE
 ]
 # Log calls are not mutated (their text and extra fields are not behaviour); exception and stderr message
 # strings are mutated, and a survivor that only changes one is counted as excluded (see README, Tests).
 do_not_mutate_patterns = ['\blogger\.(debug|info|warning|error|exception)\(']
 also_copy = ["events/", "functions/", "gpu_endpoint/"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
-pytest_add_cli_args_test_selection = [
-  "tests/unit/test_auth_devkeys.py",
-  "tests/unit/test_auth_jwks.py",
-  "tests/unit/test_auth_policy.py",
-  "tests/unit/test_auth_verifier.py",
-  "tests/unit/test_tenancy_regressions.py",
+pytest_add_cli_args_test_selection = [$TESTS
 ]
 
 [tool.pytest.ini_options]
@@ -58,5 +141,5 @@ TOML
 cd "$WORK"
 start=$SECONDS
 "${MUTMUT[@]}" run --max-children "${MUTATION_CHILDREN:-1}" || true
-echo "mutation run: $((SECONDS - start)) s"
+echo "mutation run ($TARGET): $((SECONDS - start)) s"
 "${MUTMUT[@]}" results --all true | tee "$WORK/results.txt"

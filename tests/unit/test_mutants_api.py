@@ -1,0 +1,218 @@
+"""API behaviour the mutation run (tools/mutation.sh, MUTATION_TARGET=api-serving) found unasserted: the
+request body's decompression bounds and zlib detection, strict base64 in registrations, the admin API's
+JSON shapes, and what a refused admin call leaves in the tenant's audit log."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gzip
+import hashlib
+import json
+import struct
+import tracemalloc
+import zlib
+
+import pytest
+
+from tenantml.api.body import decompress
+from tenantml.api.registry_routes import create_app
+from tenantml.errors import PayloadTooLarge
+from tenantml.registry.memory import MemoryArtifactStore, MemoryRegistry
+from tenantml.registry.service import RegistrationService
+
+# --- request bodies ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding, pack", [("gzip", gzip.compress), ("deflate", zlib.compress),
+                                            ("deflate", lambda d: zlib.compress(d)[2:-4])])   # raw deflate
+def test_a_compressed_body_may_inflate_to_exactly_the_limit_and_not_one_byte_more(encoding, pack):
+    limit = 4096
+    exact = b"{" + b" " * (limit - 2) + b"}"
+    assert decompress(pack(exact), encoding, max_bytes=limit) == exact
+    over = b"{" + b" " * (limit - 1) + b"}"
+    with pytest.raises(PayloadTooLarge):
+        decompress(pack(over), encoding, max_bytes=limit)
+
+
+def test_a_decompression_bomb_is_refused_without_being_inflated():
+    bomb = gzip.compress(b"{" + b" " * 40_000_000 + b"}", compresslevel=9)     # ~40 KB -> 40 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge):
+            decompress(bomb, "gzip", max_bytes=100_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000            # bounded by the limit, never the inflated size
+
+
+def stored_deflate(first: bytes, payload: bytes) -> bytes:
+    """Raw deflate with stored blocks: `first` (a non-final header byte, or b"" for none) then a final one."""
+    head = first + struct.pack("<HH", 0, 0xFFFF) if first else b""
+    return head + b"\x01" + struct.pack("<HH", len(payload), 0xFFFF ^ len(payload)) + payload
+
+
+@pytest.mark.parametrize("first", [
+    b"",          # 0x01 0x17: (0x01 << 8 | 0x17) % 31 == 0 although 0x01 is no zlib CMF byte
+    b"\x08",      # 0x08 0x00: a zlib CMF nibble, but (0x08 << 8 | 0x00) % 31 != 0: no zlib header
+])
+def test_raw_deflate_is_not_mistaken_for_zlib_by_half_of_the_header_check(first):
+    payload = b'{"inputs": []}'.ljust(23)          # 23 = 0x17: the length byte that follows 0x01
+    data = stored_deflate(first, payload)
+    assert decompress(data, "deflate", max_bytes=1000) == payload
+
+
+# --- the admin API -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def svc() -> RegistrationService:
+    return RegistrationService(MemoryRegistry(), MemoryArtifactStore())
+
+
+@pytest.fixture
+def call(svc, lambda_context):
+    app = create_app(svc)
+
+    def invoke(event: dict) -> tuple[int, dict]:
+        resp = app.resolve(event, lambda_context)
+        return resp["statusCode"], json.loads(resp["body"])
+    return invoke
+
+
+def as_caller(event: dict, tenant: str = "acme", scopes: str = "models:write") -> dict:
+    event = copy.deepcopy(event)
+    event["requestContext"]["authorizer"].update(tenant_id=tenant, scopes=scopes)
+    return event
+
+
+def register_event(load_event, *, model: str = "churn-risk", files: dict[str, bytes] | None = None,
+                   version: str = "1", shared: bool = False) -> dict:
+    event = copy.deepcopy(load_event("registry-register-version"))
+    body = json.loads(event["body"])
+    body["version"] = version
+    if files is not None:
+        body["files"] = {k: base64.b64encode(v).decode() for k, v in files.items()}
+        body["manifest"]["files"] = {k: {"sha256": hashlib.sha256(v).hexdigest(), "size": len(v)}
+                                     for k, v in files.items()}
+    event["body"] = json.dumps(body)
+    event["pathParameters"] = {"model": model}
+    event["path"] = f"/admin/models/{model}/versions"
+    if shared:
+        event["queryStringParameters"] = {"owner": "_shared"}
+        event["multiValueQueryStringParameters"] = {"owner": ["_shared"]}
+        event["requestContext"]["authorizer"]["scopes"] = "models:write models:admin"
+    return event
+
+
+def test_file_contents_must_be_strict_base64_or_the_registration_is_refused(call, load_event, svc):
+    event = register_event(load_event)
+    body = json.loads(event["body"])
+    name, text = next(iter(body["files"].items()))
+    body["files"][name] = text[:4] + "*" + text[4:]       # a stray character a lenient decoder would drop
+    event["body"] = json.dumps(body)
+    status, answer = call(event)
+    assert status == 400 and name in answer["error"]
+    assert svc.registry.list_models("acme") == []
+    assert call(register_event(load_event))[0] == 201     # the same files, strictly encoded, register
+
+
+def test_listed_models_say_whether_they_are_shared_or_the_tenants_own(call, load_event):
+    assert call(register_event(load_event, model="churn-risk"))[0] == 201
+    assert call(register_event(load_event, model="common-risk", shared=True))[0] == 201
+    status, answer = call(as_caller(load_event("registry-list-models")))
+    assert status == 200
+    owners = {m["name"]: m["owner"] for m in answer["models"]}
+    assert owners == {"churn-risk": "own", "common-risk": "shared"}
+    assert {m["name"]: m["latest"] for m in answer["models"]} == {"churn-risk": "1", "common-risk": "1"}
+
+
+def test_listed_versions_carry_registration_time_task_and_backend(call, load_event):
+    assert call(register_event(load_event))[0] == 201
+    event = as_caller(load_event("registry-list-versions"))
+    event["pathParameters"] = {"model": "churn-risk"}
+    status, answer = call(event)
+    assert status == 200
+    (v,) = answer["versions"]
+    assert set(v) >= {"version", "status", "registered_at", "task", "backend", "aliases"}
+    assert (v["task"], v["backend"]) == ("tabular-classification", "cpu") and v["registered_at"]
+
+
+def rollout_action_event(load_event, model: str, action: str) -> dict:
+    event = copy.deepcopy(load_event("registry-rollout-start"))
+    event["resource"] = "/admin/models/{model}/rollout/{action}"
+    event["path"] = f"/admin/models/{model}/rollout/{action}"
+    event["pathParameters"] = {"model": model, "action": action}
+    event["body"] = None
+    return event
+
+
+def test_a_refused_call_is_audited_with_model_and_action_bounded(call, load_event, svc):
+    model, action = "m" * 200, "a" * 100
+    status, _ = call(as_caller(rollout_action_event(load_event, model, action), scopes="models:read"))
+    assert status == 403
+    (record,) = svc.registry.audit("acme")
+    assert record.model == "m" * 128
+    assert record.action == "refused_" + ("post_rollout_" + action)[:64]
+
+
+def test_a_refused_call_without_a_model_is_audited_under_star(call, load_event, svc):
+    status, _ = call(as_caller(load_event("registry-list-models"), scopes="models:read"))
+    assert status == 403
+    (record,) = svc.registry.audit("acme")
+    assert (record.model, record.action) == ("*", "refused_get")
+
+
+# --- the inference API -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_path, path, base", [
+    ("/v1/v2/models/m/infer", "/v2/models/m/infer", "/v1"),            # the stage
+    ("/ml/prod/v2/models/m/infer", "/v2/models/m/infer", "/ml/prod"),  # a custom domain's base path
+    ("/v2/models/m/infer", "/v2/models/m/infer", ""),
+    ("/v1/other", "/v2/models/m/infer", ""),                           # not a suffix: no prefix
+    ("/v1/v2/models/other-model/infer", "/v2/models/m/infer", ""),
+    (None, "/v2/models/m/infer", ""),
+    ("/v1/v2/models/m/infer", None, ""),
+])
+def test_the_location_base_path_is_what_the_client_url_has_before_the_route(request_path, path, base):
+    from tenantml.api.inference_routes import base_path
+
+    event = {"requestContext": {"path": request_path} if request_path else {}, "path": path}
+    assert base_path(event) == base
+    if request_path is None:
+        assert base_path({"path": path}) == ""
+
+
+@pytest.fixture(scope="module")
+def inference_app():
+    import serving_models as sm
+
+    from tenantml.api.inference_routes import create_app as create_inference_app
+    from tenantml.serving.service import InferenceService
+    from tenantml.settings import ServingSettings
+
+    registry, store = sm.populated()
+    svc = InferenceService(registry=registry, store=store,
+                           settings=ServingSettings(artifact_bucket="b", registry_table="t"))
+    return create_inference_app(svc)
+
+
+def test_oip_json_answers_are_compact(inference_app, load_event, lambda_context):
+    resp = inference_app.resolve(load_event("inference-health-live"), lambda_context)
+    assert (resp["statusCode"], resp["body"]) == (200, '{"live":true}')
+
+
+def test_a_binary_tensor_answer_carries_its_json_header_length(inference_app, load_event, lambda_context):
+    event = copy.deepcopy(load_event("inference-infer-risk"))
+    body = json.loads(event["body"])
+    body["parameters"] = {"binary_data_output": True}
+    event["body"], event["isBase64Encoded"] = base64.b64encode(json.dumps(body).encode()).decode(), True
+    resp = inference_app.resolve(event, lambda_context)
+    headers = {**(resp.get("headers") or {}),
+               **{k: v[-1] for k, v in (resp.get("multiValueHeaders") or {}).items()}}
+    assert resp["statusCode"] == 200
+    length = int({k.lower(): v for k, v in headers.items()}["inference-header-content-length"])
+    raw = base64.b64decode(resp["body"]) if resp.get("isBase64Encoded") else resp["body"].encode()
+    assert json.loads(raw[:length])["model_name"]
