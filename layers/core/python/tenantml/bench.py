@@ -4,7 +4,8 @@ Everything is measured in one run on this machine, so the ratios are what matter
   * hot path: handler p50/p95 (API Gateway event in, response out, prediction cache OFF so every call runs
     the model) vs raw onnxruntime tokenize+run on the same texts, at batch 1 and 32;
   * cold init: a fresh Python process importing the handler, loading the model from the (moto) registry
-    and answering the first request; its peak RSS;
+    and answering the first request; its peak RSS; against a bare script's (import onnxruntime, tokenizers
+    and numpy, create the session for the same model file, run one text), fresh processes in turn;
   * torch: sentence-transformers-style mean pooling with transformers/torch on the same texts, if installed.
 The artifacts are served by moto in server mode on 127.0.0.1 (started and stopped here).
 """
@@ -161,26 +162,99 @@ def infer_event(texts: list[str], tenant: str = "acme", model: str = MODEL) -> d
     }
 
 
-_COLD_CHILD = r"""
-import json, sys, time, importlib.util
+# The two cold children share their preamble: the clock starts after it, and the peak RSS is read the same
+# way. The handler's context is a plain object with the attributes Lambda's runtime provides (built from
+# argv, so that no tenantml module is imported by the harness rather than by the handler).
+_CHILD_PREAMBLE = r"""
+import json, sys, time
 def peak_rss_mb():
     # VmHWM is this process's own high-water mark (ru_maxrss would include the parent's, inherited at fork).
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
+"""
+
+_COLD_CHILD = _CHILD_PREAMBLE + r"""
+import importlib.util
+class Context:
+    def __init__(self, attrs):
+        self.__dict__.update(attrs)
+        self._deadline = time.monotonic() + attrs.pop("timeout_s")
+    def get_remaining_time_in_millis(self):
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
 t0 = time.perf_counter()
 spec = importlib.util.spec_from_file_location("inference_handler", sys.argv[1])
 mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
 t_import = time.perf_counter() - t0
-from tenantml.local.context import LambdaContext
-from tenantml.resources import FUNCTIONS
-event = json.loads(sys.argv[2])
-resp = mod.handler(event, LambdaContext.for_function(next(f for f in FUNCTIONS if f.name == "inference")))
+resp = mod.handler(json.loads(sys.argv[2]), Context(json.loads(sys.argv[3])))
 t_total = time.perf_counter() - t0
 assert resp["statusCode"] == 200, resp
 print(json.dumps({"import_s": t_import, "init_and_first_s": t_total,
                   "peak_rss_mb": peak_rss_mb()}), file=sys.stderr)
 """
+
+# The floor a cold start is compared with: the same model file served by a script that does nothing else
+# (import onnxruntime, tokenizers and numpy, create the session, tokenize and run one text).
+_BARE_CHILD = _CHILD_PREAMBLE + r"""
+t0 = time.perf_counter()
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+t_import = time.perf_counter() - t0
+tok = Tokenizer.from_file(sys.argv[1] + "/tokenizer.json")
+sess = ort.InferenceSession(sys.argv[1] + "/model.onnx", providers=["CPUExecutionProvider"])
+names = {i.name for i in sess.get_inputs()}
+enc = tok.encode_batch([sys.argv[2]])
+feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+         "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+         "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
+out = sess.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+assert out.shape[0] == 1, out.shape
+t_total = time.perf_counter() - t0
+print(json.dumps({"import_s": t_import, "init_and_first_s": t_total,
+                  "peak_rss_mb": peak_rss_mb()}), file=sys.stderr)
+"""
+COLD_ROUNDS = 7      # fresh processes of each kind, in turn
+
+
+def _lambda_context_attrs(region: str = "us-east-1", account_id: str = "123456789012") -> dict[str, object]:
+    """What the cold child's context carries: the attributes of tenantml.local.context.LambdaContext."""
+    import uuid
+
+    from tenantml.resources import FUNCTIONS, LOCAL_PREFIX
+
+    fn = next(f for f in FUNCTIONS if f.name == "inference")
+    name = f"{LOCAL_PREFIX}-{fn.name}"
+    return {"function_name": name, "memory_limit_in_mb": fn.memory_mb, "timeout_s": float(fn.timeout_s),
+            "invoked_function_arn": f"arn:aws:lambda:{region}:{account_id}:function:{name}",
+            "aws_request_id": str(uuid.uuid4()), "function_version": "$LATEST",
+            "log_group_name": f"/aws/lambda/{name}", "log_stream_name": f"bench/[$LATEST]{uuid.uuid4().hex}",
+            "identity": None, "client_context": None}
+
+
+def _cold_starts(children: dict[str, tuple[list[str], dict[str, str]]], rounds: int,
+                 ) -> dict[str, list[dict[str, float]]] | None:
+    """`rounds` fresh processes of each child, in turn (A B C A B C ...), so that a change in machine load
+    hits all of them alike; after one untimed run of each. Every child reads and writes its bytecode under
+    one scratch PYTHONPYCACHEPREFIX: the handler's and the bare script's modules alike come from bytecode
+    (a checkout's sources newer than their __pycache__, under PYTHONDONTWRITEBYTECODE, would otherwise be
+    compiled in every run of the handler's child and in none of the bare one's)."""
+    import tempfile
+
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in children}
+    with tempfile.TemporaryDirectory(prefix="tenantml-bench-pyc-") as pyc:
+        for n in range(rounds + 1):
+            for name, (argv, env) in children.items():
+                env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+                proc = subprocess.run([sys.executable, "-c", *argv],  # noqa: S603 - our script
+                                      env={**env, "PYTHONPYCACHEPREFIX": pyc}, capture_output=True,
+                                      text=True, timeout=120, check=False)
+                if proc.returncode != 0:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    return None
+                if n:
+                    runs[name].append(json.loads(proc.stderr.strip().splitlines()[-1]))
+    return runs
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -201,27 +275,28 @@ def bench_command(args: argparse.Namespace) -> int:
                      "TENANTML_PRELOAD_MODELS": f"_shared/{MODEL}"}
         # Cold init, several fresh processes; median. Alternating with the same process without a tenant
         # data role (the function's own credentials), for what tenant-scoped access costs a cold start.
-        envs = {"cold": environment(overrides),
-                "cold_own_role": environment({**overrides, "TENANTML_TENANT_ROLE_ARN": ""})}
-        colds: dict[str, list[dict[str, float]]] = {name: [] for name in envs}
-        for _ in range(5):
-            for name, env in envs.items():
-                child = [sys.executable, "-c", _COLD_CHILD, str(handler_path),
-                         json.dumps(infer_event(TEXTS[:1]))]
-                proc = subprocess.run(child, env=env, capture_output=True,  # noqa: S603 - our script
-                                      text=True, timeout=120, check=False)
-                if proc.returncode != 0:
-                    print(proc.stderr[-3000:], file=sys.stderr)
-                    return 1
-                colds[name].append(json.loads(proc.stderr.strip().splitlines()[-1]))
+        # And the bare script on the same model file, in the same rotation.
+        handler_argv = [_COLD_CHILD, str(handler_path), json.dumps(infer_event(TEXTS[:1])),
+                        json.dumps(_lambda_context_attrs())]
+        children = {"cold": (handler_argv, environment(overrides)),
+                    "cold_own_role": (handler_argv,
+                                      environment({**overrides, "TENANTML_TENANT_ROLE_ARN": ""})),
+                    "bare": ([_BARE_CHILD, str(model_dir), TEXTS[0]], environment(overrides))}
+        colds = _cold_starts(children, COLD_ROUNDS)
+        if colds is None:
+            return 1
         for name, runs in colds.items():
-            results[name] = {k: statistics.median(c[k] for c in runs) for k in runs[0]}
+            results[name] = {**{k: statistics.median(c[k] for c in runs) for k in runs[0]}, "n": len(runs)}
+        results["cold_over_bare"] = _over(colds["cold"], colds["bare"])
         results["tenant_sessions"] = _tenant_session_cost(overrides)
 
         from tenantml.local.context import LambdaContext
         from tenantml.resources import FUNCTIONS
 
-        patch = EnvPatch(overrides).apply()  # the in-process handler reads the same settings
+        # The in-process handler reads the same settings, but for the tenant rate limit: the loops below run
+        # a tenant at hundreds of requests a second, over local mode's 50/s, and must not be answered 429.
+        # The highest limit keeps the limiter's per-request work (a local token lease) in what is timed.
+        patch = EnvPatch({**overrides, "TENANTML_TENANT_RATE_LIMIT": "100000"}).apply()
         import importlib.util
 
         spec = importlib.util.spec_from_file_location("inference_handler_bench", handler_path)
@@ -276,6 +351,16 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _over(runs: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, float]:
+    """`runs` against `base`: the ratio of the medians, and the median of the ratios run by run (the two
+    children ran in turn, so each pair saw the same machine load)."""
+    out: dict[str, float] = {}
+    for key, name in (("init_and_first_s", "time"), ("peak_rss_mb", "peak_rss")):
+        out[name] = statistics.median(r[key] for r in runs) / statistics.median(b[key] for b in base)
+        out[f"{name}_paired"] = statistics.median(r[key] / b[key] for r, b in zip(runs, base, strict=True))
+    return out
 
 
 def _tenant_session_cost(overrides: dict[str, str], tenants: int = 20) -> dict[str, float]:
@@ -348,6 +433,13 @@ def _print(res: dict) -> None:
     print(f"cold init (fresh process: imports + model load + first prediction): "
           f"{c['init_and_first_s']:.3f} s (imports {c['import_s']:.3f} s), "
           f"peak RSS {c['peak_rss_mb']:.0f} MB")
+    if "bare" in res:
+        b, x = res["bare"], res["cold_over_bare"]
+        print(f"cold init vs a bare script on the same model (import onnxruntime, tokenizers, numpy; "
+              f"session; one run), medians of {b['n']}: handler {c['init_and_first_s']:.3f} s, "
+              f"{c['peak_rss_mb']:.0f} MB | bare {b['init_and_first_s']:.3f} s, {b['peak_rss_mb']:.0f} MB | "
+              f"handler/bare time {x['time']:.2f}x (paired {x['time_paired']:.2f}x), "
+              f"peak RSS {x['peak_rss']:.2f}x")
     if "cold_own_role" in res:
         o = res["cold_own_role"]
         print(f"tenant-scoped access: cold init {c['init_and_first_s']:.3f} s vs "

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenantml import resources
 from tenantml.aws import client
 from tenantml.gpu import requests as rq
-from tenantml.gpu.dispatch import Dispatcher
-from tenantml.gpu.results import ResultRecorder
 from tenantml.gpu.submit import AsyncSubmitter, powertools_idempotency
 from tenantml.registry import ModelVersion
 from tenantml.serving import oip
 from tenantml.settings import AsyncSettings, AwsSettings
 from tenantml.tenancy import ScopedClient, TenantSessions
+
+if TYPE_CHECKING:
+    from tenantml.gpu.dispatch import Dispatcher
+    from tenantml.gpu.results import ResultRecorder
 
 
 def _client(service: str, aws: AwsSettings, sessions: TenantSessions | None) -> Any:
@@ -105,6 +107,8 @@ def dispatcher(settings: AsyncSettings, *, bucket: str, aws: AwsSettings,
                sessions: TenantSessions | None = None) -> Dispatcher:
     """gpu_dispatch's. With `sessions`, request items are read and moved as the job's tenant; the
     endpoint call and the re-queue stay the function's own."""
+    from tenantml.gpu.dispatch import Dispatcher  # noqa: PLC0415 - gpu_dispatch's only
+
     queue = next(q for q in resources.QUEUES if q.setting == "gpu_queue_name")
     return Dispatcher(store=_store(settings, aws, sessions), runtime=sagemaker_runtime(settings, aws),
                       requeue=_queue_sender(settings.gpu_queue_name, aws), bucket=bucket,
@@ -115,6 +119,8 @@ def dispatcher(settings: AsyncSettings, *, bucket: str, aws: AwsSettings,
 
 def recorder(settings: AsyncSettings, *, bucket: str, aws: AwsSettings,
              on_completed: Callable[[rq.AsyncRequest, float | None], None] | None = None) -> ResultRecorder:
+    from tenantml.gpu.results import ResultRecorder  # noqa: PLC0415 - gpu_result's only
+
     get, put = _objects(bucket, aws)
     return ResultRecorder(store=_store(settings, aws), bucket=bucket, get_object=get, put_object=put,
                           on_completed=on_completed)

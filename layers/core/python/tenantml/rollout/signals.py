@@ -34,10 +34,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenantml.rollout.analysis import LATENCY_EDGES, LatencyHistogram
-from tenantml.rollout.machine import Rollout, VersionSignals
+
+if TYPE_CHECKING:
+    from tenantml.rollout.machine import Rollout, VersionSignals
 
 TTL = timedelta(days=14)
 _EDGES = LATENCY_EDGES.tolist()        # bisect on a list: ~1 us a request, where numpy takes ~16 us
@@ -133,6 +135,8 @@ class DynamoSignals:
     def observe(self, rollout: Rollout, version: str, since: datetime,
                 ) -> tuple[VersionSignals, dict[str, Any]]:
         """Both `read` and `summary` from one Query."""
+        from tenantml.rollout.machine import VersionSignals  # noqa: PLC0415 - off the inference init path
+
         numbers, hist = self.totals(rollout.id, version, since)
         requests, labelled = numbers["requests"], numbers["labelled"]
         signals = VersionSignals(requests=requests, errors=numbers["errors"], p95_ms=hist.percentile(95),
