@@ -26,6 +26,8 @@ def use_function_environment(monkeypatch, function: str, auth: Mapping[str, str]
             monkeypatch.delenv(key)
     env = {**process_env(AWS), **local_environment(resources.function(function), NAMES, AWS, auth)}
     env.pop("TENANTML_ENDPOINT_URL", None)   # in-process moto: no endpoint URL
+    # No per-tenant rate limit: tests call handlers as fast as they can; the limit's tests set their own.
+    env.pop("TENANTML_TENANT_RATE_LIMIT", None)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     reset_settings()
@@ -54,6 +56,7 @@ def local_functions(definitions, path_of, **overrides: str) -> dict:
     for d in definitions:
         env = local_environment(d, NAMES, AWS)
         env.pop("TENANTML_ENDPOINT_URL", None)
+        env.pop("TENANTML_TENANT_RATE_LIMIT", None)
         env.update({k: v for k, v in overrides.items() if k in env})
         functions[d.name] = LocalFunction(d, path_of(d), prefix=NAMES.prefix, env=env)
     return functions
