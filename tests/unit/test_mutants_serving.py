@@ -26,6 +26,14 @@ def _fresh_metrics():
     metrics.clear_metrics()
 
 
+class FakeSts:
+    """STS answering AssumeRole with credentials named after the session (so clients show whose they are)."""
+
+    def assume_role(self, **kw):
+        return {"Credentials": {"AccessKeyId": kw["RoleSessionName"], "SecretAccessKey": "s",
+                                "SessionToken": "t", "Expiration": 4102444800.0}}
+
+
 def emf_documents(text: str) -> list[dict]:
     return [json.loads(x) for x in text.splitlines() if x.startswith("{") and '"_aws"' in x]
 
@@ -630,11 +638,6 @@ def test_feedback_written_with_tenant_sessions_goes_through_the_acting_tenants_c
     from tenantml.serving.service import _LazyCaptureWriter
     from tenantml.tenancy import TenantSessions, acting_for
 
-    class Sts:
-        def assume_role(self, **kw):
-            return {"Credentials": {"AccessKeyId": kw["RoleSessionName"], "SecretAccessKey": "s",
-                                    "SessionToken": "t", "Expiration": 4102444800.0}}
-
     puts: list[tuple] = []
 
     class Client:
@@ -645,7 +648,7 @@ def test_feedback_written_with_tenant_sessions_goes_through_the_acting_tenants_c
             puts.append((self.who, kw["Bucket"], kw["Key"]))
 
     monkeypatch.setattr(tenantml.aws, "botocore_client", lambda *a, **k: Client("function-role"))
-    sessions = TenantSessions("arn:aws:iam::1:role/tenant-data", AWS, sts=Sts(),
+    sessions = TenantSessions("arn:aws:iam::1:role/tenant-data", AWS, sts=FakeSts(),
                               make_client=lambda service, creds: Client(creds["AccessKeyId"]))
     writer = _LazyCaptureWriter("artifacts", AWS, sessions)
     with acting_for("acme"):
@@ -712,11 +715,6 @@ def test_model_and_registry_reads_with_tenant_sessions_go_through_the_acting_ten
     from tenantml.serving.service import _LazyRegistry, _LazyStore
     from tenantml.tenancy import TenantSessions, acting_for
 
-    class Sts:
-        def assume_role(self, **kw):
-            return {"Credentials": {"AccessKeyId": kw["RoleSessionName"], "SecretAccessKey": "s",
-                                    "SessionToken": "t", "Expiration": 4102444800.0}}
-
     class Client:
         def __init__(self, who):
             self.who = who
@@ -738,7 +736,7 @@ def test_model_and_registry_reads_with_tenant_sessions_go_through_the_acting_ten
     monkeypatch.setattr(tenantml.aws, "botocore_client", lambda *a, **k: Client("function-role"))
     monkeypatch.setattr(s3, "S3ArtifactStore", FakeS3Store)
     monkeypatch.setattr(dynamo, "DynamoRegistry", FakeDynamo)
-    sessions = TenantSessions("arn:aws:iam::1:role/tenant-data", AWS, sts=Sts(),
+    sessions = TenantSessions("arn:aws:iam::1:role/tenant-data", AWS, sts=FakeSts(),
                               make_client=lambda service, creds: Client(creds["AccessKeyId"]))
     store = _LazyStore("artifacts", AWS, sessions)
     registry = _LazyRegistry("registry-table", AWS, sessions)
@@ -833,11 +831,6 @@ def test_with_a_tenant_role_feedback_is_written_with_the_callers_credentials(mon
     import tenantml.aws
     from tenantml.settings import TenancySettings
 
-    class Sts:
-        def assume_role(self, **kw):
-            return {"Credentials": {"AccessKeyId": kw["RoleSessionName"], "SecretAccessKey": "s",
-                                    "SessionToken": "t", "Expiration": 4102444800.0}}
-
     puts: list[tuple] = []
 
     class Client:
@@ -852,7 +845,7 @@ def test_with_a_tenant_role_feedback_is_written_with_the_callers_credentials(mon
     def botocore_client(service, aws, *, credentials=None, **_kw):
         if service == "sts":
             sts_made.append(aws)
-            return Sts()
+            return FakeSts()
         return Client(credentials["AccessKeyId"] if credentials else "function-role")
 
     monkeypatch.setattr(tenantml.aws, "botocore_client", botocore_client)
