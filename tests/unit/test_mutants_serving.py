@@ -34,6 +34,19 @@ class FakeSts:
                                 "SessionToken": "t", "Expiration": 4102444800.0}}
 
 
+def recording_s3(puts: list[tuple]) -> type:
+    """An S3 client class whose instances record (whose credentials, bucket, key) of each put_object."""
+
+    class Client:
+        def __init__(self, who):
+            self.who = who
+
+        def put_object(self, **kw):
+            puts.append((self.who, kw["Bucket"], kw["Key"]))
+
+    return Client
+
+
 def emf_documents(text: str) -> list[dict]:
     return [json.loads(x) for x in text.splitlines() if x.startswith("{") and '"_aws"' in x]
 
@@ -639,13 +652,7 @@ def test_feedback_written_with_tenant_sessions_goes_through_the_acting_tenants_c
     from tenantml.tenancy import TenantSessions, acting_for
 
     puts: list[tuple] = []
-
-    class Client:
-        def __init__(self, who):
-            self.who = who
-
-        def put_object(self, **kw):
-            puts.append((self.who, kw["Bucket"], kw["Key"]))
+    Client = recording_s3(puts)
 
     monkeypatch.setattr(tenantml.aws, "botocore_client", lambda *a, **k: Client("function-role"))
     sessions = TenantSessions("arn:aws:iam::1:role/tenant-data", AWS, sts=FakeSts(),
@@ -832,13 +839,7 @@ def test_with_a_tenant_role_feedback_is_written_with_the_callers_credentials(mon
     from tenantml.settings import TenancySettings
 
     puts: list[tuple] = []
-
-    class Client:
-        def __init__(self, who):
-            self.who = who
-
-        def put_object(self, **kw):
-            puts.append((self.who, kw["Key"].split("/")[1]))
+    Client = recording_s3(puts)
 
     sts_made: list = []
 
@@ -852,7 +853,7 @@ def test_with_a_tenant_role_feedback_is_written_with_the_callers_credentials(mon
     svc = built(tenancy=TenancySettings(tenant_role_arn="arn:aws:iam::1:role/tenant-data"))
     reply = svc.feedback("acme", "project-risk", json.dumps({"feedback": [{"id": "r1", "label": "low"}]}))
     assert reply.status == 202
-    assert [who for who, _ in puts] == ["tenantml-acme"]
+    assert [who for who, _, _ in puts] == ["tenantml-acme"]
     assert sts_made == [AWS]                     # STS in the function's region / endpoint
 
 
