@@ -46,14 +46,18 @@ case "$TARGET" in
   "tests/unit/test_auth_policy.py",
   "tests/unit/test_auth_verifier.py",
   "tests/unit/test_jwt_attacks.py",
-  "tests/unit/test_tenancy_regressions.py",'
+  "tests/unit/test_tenancy_regressions.py",
+  "tests/integration/test_authorizer_handler.py",
+  "tests/integration/test_jwks_faults.py",'
         ;;
     api-serving)
         ONLY_MUTATE='
   "src/tenantml/api/body.py",
   "src/tenantml/api/context.py",
   "src/tenantml/api/errors.py",
+  "src/tenantml/api/flavours.py",
   "src/tenantml/api/inference_routes.py",
+  "src/tenantml/api/openapi.py",
   "src/tenantml/api/registry_routes.py",
   "src/tenantml/serving/service.py",
   "src/tenantml/serving/cache.py",
@@ -74,7 +78,10 @@ case "$TARGET" in
   "tests/integration/test_registry_handler.py",
   "tests/integration/test_feedback_route.py",
   "tests/integration/test_registry_registration.py",
-  "tests/integration/test_token_expiry.py",'
+  "tests/integration/test_token_expiry.py",
+  "tests/unit/test_apigw_http.py",
+  "tests/unit/test_openapi.py",
+  "tests/integration/test_event_shapes.py",'
         ;;
     *)
         echo "unknown MUTATION_TARGET '$TARGET' (auth, api-serving)" >&2
