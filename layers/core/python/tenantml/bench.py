@@ -214,7 +214,73 @@ t_total = time.perf_counter() - t0
 print(json.dumps({"import_s": t_import, "init_and_first_s": t_total,
                   "peak_rss_mb": peak_rss_mb()}), file=sys.stderr)
 """
+
+# The floor of any cold start that fetches its model through the AWS SDK: the bare script plus the SDK
+# calls the handler cannot do without (botocore's import and clients, one AssumeRole for a tenant session,
+# one registry read, the tokenizer and the model streamed from S3 into an in-memory file), and nothing
+# else: no settings, routing, logging, metrics or capture. The handler's distance from this floor is what
+# the platform's own code costs; the floor's distance from the bare script is what the SDK costs.
+_SDK_FLOOR_CHILD = _CHILD_PREAMBLE + r"""
+t0 = time.perf_counter()
+import os
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+import botocore.session
+from botocore.config import Config
+t_import = time.perf_counter() - t0
+a = json.loads(sys.argv[1])
+cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=10)
+session = botocore.session.get_session()
+def client(service, **keys):
+    return session.create_client(service, region_name=a["region"], endpoint_url=a["endpoint_url"],
+                                 config=cfg, **keys)
+c = client("sts").assume_role(RoleArn=a["role_arn"], RoleSessionName="bench-floor",
+                              Tags=[{"Key": "tenant", "Value": a["owner"]}])["Credentials"]
+keys = {"aws_access_key_id": c["AccessKeyId"], "aws_secret_access_key": c["SecretAccessKey"],
+        "aws_session_token": c["SessionToken"]}
+ddb, s3 = client("dynamodb", **keys), client("s3", **keys)
+ddb.batch_get_item(RequestItems={a["table"]: {"Keys": [{"pk": {"S": pk}, "sk": {"S": sk}}
+                                                       for pk, sk in a["registry_keys"]]}})
+tok = Tokenizer.from_str(s3.get_object(Bucket=a["bucket"], Key=a["tokenizer_key"])["Body"].read().decode())
+fd = os.memfd_create("model.onnx", os.MFD_CLOEXEC)
+with os.fdopen(fd, "w+b") as f:
+    for chunk in s3.get_object(Bucket=a["bucket"], Key=a["model_key"])["Body"].iter_chunks(1 << 20):
+        f.write(chunk)
+    f.flush()
+    sess = ort.InferenceSession(f"/proc/self/fd/{fd}", providers=["CPUExecutionProvider"])
+names = {i.name for i in sess.get_inputs()}
+enc = tok.encode_batch([a["text"]])
+feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+         "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+         "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
+out = sess.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+assert out.shape[0] == 1, out.shape
+t_total = time.perf_counter() - t0
+print(json.dumps({"import_s": t_import, "init_and_first_s": t_total,
+                  "peak_rss_mb": peak_rss_mb()}), file=sys.stderr)
+"""
 COLD_ROUNDS = 7      # fresh processes of each kind, in turn
+
+
+def _sdk_floor_args(overrides: dict[str, str], owner: str, model: str, text: str) -> str:
+    """What the SDK-floor child reads: where the model's registry items and artifacts are (its latest
+    version, as the registry resolves it)."""
+    from tenantml.registry.dynamo import DynamoRegistry, model_sk, tenant_pk, version_sk
+    from tenantml.registry.s3 import S3ArtifactStore
+    from tenantml.settings import AwsSettings
+
+    version = DynamoRegistry(overrides["TENANTML_REGISTRY_TABLE"],
+                             AwsSettings.from_env(overrides)).resolve(owner, model).version
+
+    return json.dumps({
+        "region": overrides["TENANTML_REGION"], "endpoint_url": overrides["TENANTML_ENDPOINT_URL"],
+        "role_arn": overrides["TENANTML_TENANT_ROLE_ARN"], "owner": owner,
+        "table": overrides["TENANTML_REGISTRY_TABLE"], "bucket": overrides["TENANTML_ARTIFACT_BUCKET"],
+        "registry_keys": [[tenant_pk(owner), model_sk(model)],
+                          [tenant_pk(owner), version_sk(model, version)]],
+        "tokenizer_key": S3ArtifactStore.key(owner, model, version, "tokenizer.json"),
+        "model_key": S3ArtifactStore.key(owner, model, version, "model.onnx"), "text": text})
 
 
 def _lambda_context_attrs(region: str = "us-east-1", account_id: str = "123456789012") -> dict[str, object]:
@@ -275,12 +341,14 @@ def bench_command(args: argparse.Namespace) -> int:
                      "TENANTML_PRELOAD_MODELS": f"_shared/{MODEL}"}
         # Cold init, several fresh processes; median. Alternating with the same process without a tenant
         # data role (the function's own credentials), for what tenant-scoped access costs a cold start.
-        # And the bare script on the same model file, in the same rotation.
+        # And the SDK floor and the bare script on the same model file, in the same rotation.
         handler_argv = [_COLD_CHILD, str(handler_path), json.dumps(infer_event(TEXTS[:1])),
                         json.dumps(_lambda_context_attrs())]
         children = {"cold": (handler_argv, environment(overrides)),
                     "cold_own_role": (handler_argv,
                                       environment({**overrides, "TENANTML_TENANT_ROLE_ARN": ""})),
+                    "sdk_floor": ([_SDK_FLOOR_CHILD, _sdk_floor_args(overrides, "_shared", MODEL, TEXTS[0])],
+                                  environment(overrides)),
                     "bare": ([_BARE_CHILD, str(model_dir), TEXTS[0]], environment(overrides))}
         colds = _cold_starts(children, COLD_ROUNDS)
         if colds is None:
@@ -288,6 +356,8 @@ def bench_command(args: argparse.Namespace) -> int:
         for name, runs in colds.items():
             results[name] = {**{k: statistics.median(c[k] for c in runs) for k in runs[0]}, "n": len(runs)}
         results["cold_over_bare"] = _over(colds["cold"], colds["bare"])
+        results["sdk_floor_over_bare"] = _over(colds["sdk_floor"], colds["bare"])
+        results["cold_over_sdk_floor"] = _over(colds["cold"], colds["sdk_floor"])
         results["tenant_sessions"] = _tenant_session_cost(overrides)
 
         from tenantml.local.context import LambdaContext
@@ -440,6 +510,13 @@ def _print(res: dict) -> None:
               f"{c['peak_rss_mb']:.0f} MB | bare {b['init_and_first_s']:.3f} s, {b['peak_rss_mb']:.0f} MB | "
               f"handler/bare time {x['time']:.2f}x (paired {x['time_paired']:.2f}x), "
               f"peak RSS {x['peak_rss']:.2f}x")
+    if "sdk_floor" in res:
+        f, fx, cx = res["sdk_floor"], res["sdk_floor_over_bare"], res["cold_over_sdk_floor"]
+        print(f"the AWS SDK's floor (the bare script plus botocore, AssumeRole, one registry read and the "
+              f"model from S3, nothing else): {f['init_and_first_s']:.3f} s, {f['peak_rss_mb']:.0f} MB = "
+              f"{fx['time']:.2f}x bare time (paired {fx['time_paired']:.2f}x), {fx['peak_rss']:.2f}x "
+              f"bare peak RSS | handler/floor time {cx['time']:.2f}x (paired {cx['time_paired']:.2f}x), "
+              f"peak RSS {cx['peak_rss']:.2f}x")
     if "cold_own_role" in res:
         o = res["cold_own_role"]
         print(f"tenant-scoped access: cold init {c['init_and_first_s']:.3f} s vs "
