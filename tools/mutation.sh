@@ -123,7 +123,7 @@ fi
 rm -rf "$WORK"
 mkdir -p "$WORK/src"
 cp -r "$ROOT/layers/core/python/tenantml" "$WORK/src/tenantml"
-cp -r "$ROOT/events" "$ROOT/functions" "$ROOT/gpu_endpoint" "$WORK/"
+cp -r "$ROOT/events" "$ROOT/functions" "$ROOT/gpu_endpoint" "$ROOT/docs" "$WORK/"
 find "$WORK" -name __pycache__ -type d -prune -exec rm -rf {} +
 stage_tests "$WORK"
 cat > "$WORK/pyproject.toml" <<TOML
@@ -134,7 +134,7 @@ only_mutate = [$ONLY_MUTATE
 # Log calls are not mutated (their text and extra fields are not behaviour); exception and stderr message
 # strings are mutated, and a survivor that only changes one is counted as excluded (see README, Tests).
 do_not_mutate_patterns = ['\blogger\.(debug|info|warning|error|exception)\(']
-also_copy = ["events/", "functions/", "gpu_endpoint/"]
+also_copy = ["events/", "functions/", "gpu_endpoint/", "docs/"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
 pytest_add_cli_args_test_selection = [$TESTS
 ]
