@@ -196,3 +196,57 @@ def test_token_command_refuses_the_shared_tenant(project, capsys):
     assert main(["token", "--tenant", "_shared"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "_shared" in err
+
+
+def test_write_once_creates_the_file_owner_only_and_keeps_an_existing_one(tmp_path):
+    from tenantml.auth.devkeys import _write_once
+
+    target = tmp_path / "k.pem"
+    _write_once(target, b"first")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600      # from creation, not tightened afterwards
+    _write_once(target, b"second")                             # a concurrent writer lost: no error
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["k.pem"]   # its temporary file is gone
+
+
+def _pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def test_a_short_rsa_key_or_another_curve_is_refused_by_name(tmp_path, keys, home):
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    weak = tmp_path / "weak"
+    weak.mkdir()
+    (weak / RSA_FILE).write_bytes(_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)))
+    (weak / EC_FILE).write_bytes((home / EC_FILE).read_bytes())
+    with pytest.raises(ValueError, match=rf"{RSA_FILE} is not an RSA-2048\+ private key"):
+        ensure_dev_keys(weak)
+    p384 = tmp_path / "p384"
+    p384.mkdir()
+    (p384 / RSA_FILE).write_bytes((home / RSA_FILE).read_bytes())
+    (p384 / EC_FILE).write_bytes(_pem(ec.generate_private_key(ec.SECP384R1())))
+    with pytest.raises(ValueError, match=rf"{EC_FILE} is not an EC P-256 private key"):
+        ensure_dev_keys(p384)
+
+
+@pytest.mark.parametrize("present", [RSA_FILE, EC_FILE])
+def test_token_command_needs_both_key_files(project, capsys, present):
+    folder = project / "half"
+    folder.mkdir()
+    (folder / present).write_bytes((project / ".tenantml" / "keys" / present).read_bytes())
+    assert main(["token", "--tenant", "acme", "--keys", str(folder)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"no dev keys in {folder};" in err and "or pass --keys DIR" in err
+
+
+def test_token_command_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(platform_state, "checkout_home", lambda: None)
+    assert main(["token", "--tenant", "acme"]) == 1
+    err = capsys.readouterr().err
+    assert "no dev keys in .tenantml/keys here, above or in the tenantml checkout;" in err
+    assert err.rstrip().endswith("or pass --keys DIR")

@@ -394,3 +394,31 @@ def test_rest_token_event_reads_authorization_token(keys, verifier):
 def test_an_event_that_is_not_an_object_is_denied(verifier, event):
     out = authorize(event, verifier)  # type: ignore[arg-type]
     assert out["policyDocument"]["Statement"][0]["Effect"] == "Deny" and "context" not in out
+
+
+def test_http_api_now_is_passed_to_the_verifier(keys, verifier):
+    """As for the REST API: a token valid by the verifier's clock is refused at a later `now`."""
+    assert authorize(v2_event(f"Bearer {token(keys)}"), verifier)["isAuthorized"] is True
+    assert authorize(v2_event(f"Bearer {token(keys)}"), verifier, now=NOW + 3600) == {"isAuthorized": False}
+
+
+ALLOW_STAGE = {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": STAGE}
+
+
+@pytest.mark.parametrize(("deny", "allowed"), [
+    # actions match in any case, in a Deny as in an Allow
+    ({"Effect": "Deny", "Action": "EXECUTE-API:INVOKE", "Resource": ARN}, False),
+    # ARNs match exactly, in a Deny as in an Allow: this Deny names another resource
+    ({"Effect": "Deny", "Action": "execute-api:Invoke", "Resource": ARN.upper()}, True),
+    # NotAction / NotResource cannot be evaluated here: such a Deny applies (fails closed)
+    ({"Effect": "Deny", "NotAction": "s3:*", "Resource": "*"}, False),
+    ({"Effect": "Deny", "Action": "execute-api:Invoke", "NotResource": ARN}, False),
+])
+def test_deny_statements_match_like_allows_and_fail_closed(deny, allowed):
+    assert policy_allows({"Statement": [ALLOW_STAGE]}, ARN)
+    assert policy_allows({"Statement": [ALLOW_STAGE, deny]}, ARN) is allowed
+
+
+@pytest.mark.parametrize("extra", [{"NotAction": "s3:*"}, {"NotResource": "arn:aws:s3:::x"}])
+def test_an_allow_with_not_action_or_not_resource_is_ignored_even_beside_action_and_resource(extra):
+    assert policy_allows({"Statement": [{**ALLOW_STAGE, **extra}]}, ARN) is False
