@@ -867,3 +867,108 @@ def test_an_explicit_gpu_backend_is_kept_even_where_an_endpoint_is_configured():
     svc = built(gpu=Gpu(), async_settings=AsyncSettings(requests_table="req", gpu_queue_name="q",
                                                         gpu_endpoint_name="endpoint"))
     assert json.loads(svc.request_status("acme", "req-1").body) == {"id": "req-1", "tenant": "acme"}
+
+
+def _encoder_variant(edit) -> sm.Version:
+    """The tiny shared encoder with its graph changed by `edit(graph)` (onnx's GraphProto)."""
+    import onnx
+
+    v = sm.embedding_version()
+    graph_model = onnx.load_from_string(sm.encoder_onnx(sm.embedding_table()))
+    edit(graph_model.graph)
+    artifacts = {**v.artifacts, "model.onnx": graph_model.SerializeToString()}
+    return sm.Version(v.owner, v.manifest.model_copy(update={"files": sm._files(artifacts)}), artifacts,
+                      v.version)
+
+
+def test_an_encoder_with_several_outputs_answers_its_embedding_output_wherever_it_is():
+    """Another output listed first (here the unnormalized mean) is never what the model answers."""
+    from onnx import TensorProto, helper
+
+    def mean_first(graph) -> None:
+        graph.output.insert(0, helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["b", sm.DIM]))
+
+    (model,), _ = loaded(_encoder_variant(mean_first))
+    emb, _counts = model.encode(TEXTS)
+    np.testing.assert_allclose(emb, sm.tiny_embed(TEXTS), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_an_encoder_with_an_input_the_tokenizer_cannot_feed_is_unavailable(capsys):
+    from onnx import TensorProto, helper
+
+    from tenantml.errors import ModelUnavailable
+
+    def extra_input(graph) -> None:
+        graph.input.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["b", "t"]))
+
+    with pytest.raises(ModelUnavailable, match="unsupported graph inputs"):
+        loaded(_encoder_variant(extra_input))
+
+
+def built_with(settings_update: dict | None = None, **kw):
+    from tenantml.registry.memory import MemoryArtifactStore, MemoryRegistry
+    from tenantml.serving.service import build_service
+    from tenantml.settings import ServingSettings
+
+    settings = ServingSettings(artifact_bucket="artifacts", registry_table="registry",
+                               **(settings_update or {}))
+    return build_service(settings, AWS, registry=MemoryRegistry(), store=MemoryArtifactStore(), **kw)
+
+
+def test_the_capture_sink_is_built_from_the_functions_settings():
+    from tenantml.serving.service import capture_failed
+
+    svc = built_with({"capture_max_rows": 7, "capture_max_seconds": 3.5, "prediction_cache_size": 11,
+                      "prediction_cache_ttl_seconds": 13})
+    cap = svc.capture
+    assert (cap.max_rows, cap.max_age_s, cap._on_failure) == (7, 3.5, capture_failed)
+    memo = cap.text_memo._cache
+    assert (memo.maxsize, memo.ttl) == (11, 13)
+    assert built_with({"prediction_cache_size": 0}).capture.text_memo._cache is None
+
+
+def test_the_gpu_backend_is_wired_only_where_an_endpoint_is_named_and_built_on_first_use(monkeypatch):
+    from tenantml.gpu import wiring
+    from tenantml.serving.service import GpuNotConfigured
+    from tenantml.settings import AsyncSettings, TenancySettings
+
+    calls = []
+
+    class Submitter:
+        def register_lambda_context(self, context):
+            calls.append(("context", context))
+
+        def submit(self, *args, **kwargs):
+            return 202, {"args": args}, {}
+
+    def fake_submitter(settings, **kwargs):
+        calls.append((settings, kwargs))
+        return Submitter()
+
+    monkeypatch.setattr(wiring, "submitter", fake_submitter)
+    tenancy = TenancySettings(tenant_role_arn="arn:aws:iam::123456789012:role/data")
+    a = AsyncSettings(requests_table="requests", gpu_queue_name="q", gpu_endpoint_name="ep")
+    assert isinstance(built_with(async_settings=a.model_copy(update={"gpu_endpoint_name": ""})).gpu,
+                      GpuNotConfigured)
+    assert isinstance(built_with().gpu, GpuNotConfigured)
+    svc = built_with(async_settings=a, idempotency_table="idem", tenancy=tenancy)
+    assert isinstance(svc.gpu, wiring.LazySubmitter) and calls == []         # nothing built at init
+    assert svc.gpu.submit("acme", None, None, {})[0] == 202
+    (settings, kwargs), _context = calls
+    assert settings is a
+    assert kwargs["bucket"] == "artifacts" and kwargs["idempotency_table"] == "idem" and kwargs["aws"] is AWS
+    assert kwargs["sessions"].role_arn == tenancy.tenant_role_arn
+    assert built_with(async_settings=a, idempotency_table="idem").gpu.submit("acme", None, None, {})
+    assert calls[-2][1]["sessions"] is None
+
+
+def test_feedback_is_written_as_the_tenant_only_with_tenant_sessions():
+    from tenantml.settings import TenancySettings
+
+    plain = built_with()
+    assert plain._put_object is not None and plain._put_object._sessions is None
+    scoped = built_with(tenancy=TenancySettings(tenant_role_arn="arn:aws:iam::123456789012:role/data"))
+    assert scoped._put_object._sessions is not None
+    assert scoped._put_object._bucket == "artifacts"
+    assert scoped.capture._put._sessions is None       # capture frames: the function's own role
