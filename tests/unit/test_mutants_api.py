@@ -216,3 +216,48 @@ def test_a_binary_tensor_answer_carries_its_json_header_length(inference_app, lo
     length = int({k.lower(): v for k, v in headers.items()}["inference-header-content-length"])
     raw = base64.b64decode(resp["body"]) if resp.get("isBase64Encoded") else resp["body"].encode()
     assert json.loads(raw[:length])["model_name"]
+
+
+def test_an_event_that_is_not_a_proxy_event_gets_a_complete_json_400(inference_app, lambda_context):
+    from tenantml.api.flavours import UNSUPPORTED
+
+    resp = inference_app.resolve({"Records": [{"body": "{}"}]}, lambda_context)
+    assert resp == {"statusCode": 400, "headers": {"Content-Type": "application/json"},
+                    "body": json.dumps({"error": UNSUPPORTED}), "isBase64Encoded": False}
+
+
+def test_a_proxy_event_the_resolver_cannot_route_gets_a_complete_json_400(inference_app, load_event,
+                                                                          lambda_context):
+    event = copy.deepcopy(load_event("inference-health-live"))
+    event["multiValueHeaders"] = "not a mapping"
+    resp = inference_app.resolve(event, lambda_context)
+    assert resp == {"statusCode": 400, "headers": {"Content-Type": "application/json"},
+                    "body": json.dumps({"error": "malformed API Gateway proxy event"}),
+                    "isBase64Encoded": False}
+
+
+def test_a_model_whose_versions_are_all_deleted_is_listed_without_a_latest():
+    from tenantml.api.registry_routes import _model_json
+    from tenantml.registry import ModelSummary
+
+    summary = ModelSummary(owner="acme", model="m", versions=(), aliases={}, task="embedding", backend="cpu")
+    assert _model_json(summary)["latest"] is None and _model_json(summary)["versions"] == []
+    two = ModelSummary(owner="_shared", model="m", versions=("1", "2"), aliases={"production": "1"},
+                       task="embedding", backend="cpu")
+    assert _model_json(two) == {"name": "m", "owner": "shared", "task": "embedding", "backend": "cpu",
+                                "versions": ["1", "2"], "latest": "2", "aliases": {"production": "1"}}
+
+
+def test_the_openapi_document_renders_without_warnings_and_other_schema_warnings_still_show():
+    import warnings
+
+    from pydantic.json_schema import PydanticJsonSchemaWarning
+
+    from tenantml.api import openapi
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = openapi.render()
+    assert text.isascii() and text.endswith("}\n")
+    with pytest.warns(PydanticJsonSchemaWarning, match=r"a detail \[skipped-discriminator\]"):
+        openapi._Schema().emit_warning("skipped-discriminator", "a detail")

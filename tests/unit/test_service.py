@@ -322,8 +322,15 @@ def test_gpu_models_answer_503_with_retry_after(world, service):
     for op, args in [(service.infer, (None, text_body())), (service.model_ready, ())]:
         err = error_of(op, "acme", "big-llm", *args)
         assert err.status == 503 and err.headers == {"Retry-After": "60"}
+        assert err.public_message == "no GPU endpoint is deployed for this model"
+        assert err.detail.startswith("gpu backend")
     assert service.model_metadata("acme", "big-llm")["name"] == "big-llm"
     assert list(service.runtime.loaded()) == []
+
+
+def test_without_a_gpu_endpoint_every_request_id_is_a_404_naming_at_most_64_characters(service):
+    err = error_of(service.request_status, "acme", "r" * 100)
+    assert err.status == 404 and err.public_message == f"request '{'r' * 64}' not found"
 
 
 def test_models_load_from_a_temporary_file_where_memfd_is_missing(service, monkeypatch):
