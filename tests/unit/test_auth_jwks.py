@@ -257,5 +257,5 @@ def test_static_source_rejects_bad_json():
 def test_source_from_settings(rsa_pub):
     assert isinstance(source_from_settings(None, json.dumps({"keys": [jwk(rsa_pub, "k")]})), StaticJwksSource)
     assert isinstance(source_from_settings("https://idp.example.com/jwks", None), UrlJwksSource)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^set jwks_url or jwks_json$"):
         source_from_settings(None, None)

@@ -232,6 +232,8 @@ def test_stage_arn():
         "arn:aws:execute-api:us-east-1:123456789012:abc123/test/*/*"
     assert stage_arn("arn:aws-cn:execute-api:cn-north-1:123456789012:abc/v1/*/x") == \
         "arn:aws-cn:execute-api:cn-north-1:123456789012:abc/v1/*/*"
+    with pytest.raises(ValueError, match="^not an execute-api method ARN$"):
+        stage_arn("arn:aws:lambda:us-east-1:123456789012:function:x")
 
 
 def test_allow_policy_context_scopes_are_sorted_and_space_joined():

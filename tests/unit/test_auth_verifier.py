@@ -392,6 +392,28 @@ def test_from_settings(jwks, rsa_key):
     assert v.verify(sign(rsa_key, claims()), now=NOW).tenant_id == "acme"
 
 
+def test_from_settings_wires_every_setting_and_both_clocks(jwks, rsa_key):
+    settings = AuthSettings(jwks_json=json.dumps(jwks), issuer=ISS, audience=AUD, tenant_claim="org",
+                            leeway_seconds=5, jwks_ttl_seconds=7, jwks_min_refresh_seconds=3,
+                            max_token_lifetime_seconds=600)
+    v = TokenVerifier.from_settings(settings, clock=lambda: NOW, cache_clock=lambda: 42.0)
+    assert (v.tenant_claim, v.leeway, v.max_lifetime) == ("org", 5, 600)
+    assert (v._keys._ttl, v._keys._min_refresh, v._keys._clock()) == (7, 3, 42.0)
+    # The verifier's clock decides validity when no `now` is given (NOW is in 2027: by the wall clock,
+    # this token would not be valid yet).
+    assert v.verify(sign(rsa_key, claims(org="globex", exp=int(NOW) + 590))).tenant_id == "globex"
+    with pytest.raises(InvalidToken) as info:                      # 610 s > the 600 s set
+        v.verify(sign(rsa_key, claims(org="globex", exp=int(NOW) + 600)))
+    assert info.value.reason is DenyReason.LIFETIME_TOO_LONG
+
+
+@pytest.mark.parametrize("token", ["not-a-jwt", "a.b", "a.b.c.d", "x" * 20_000])
+def test_a_malformed_token_says_why_in_its_detail(verifier, token):
+    with pytest.raises(InvalidToken) as info:
+        verifier.verify(token, now=NOW)
+    assert info.value.reason is DenyReason.MALFORMED_TOKEN and info.value.detail == "not a compact JWS"
+
+
 def test_keys_unavailable_propagates(rsa_key):
     class Down:
         def fetch(self):
