@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from moto import mock_aws
 from moto_env import AWS, NAMES, use_function_environment
+from proxy_events import v2_from_rest
 
 from tenantml import resources
 from tenantml.auth.devkeys import ensure_dev_keys
@@ -35,29 +36,8 @@ HTTP_FUNCTIONS = {r.function for r in resources.ROUTES}
 ARN = "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/prod"
 
 
-def _v2(rest: dict[str, Any], *, authorizer: bool = True) -> dict[str, Any]:
-    """The HTTP API payload format 2.0 event for the same request as a REST v1 one."""
-    headers = {k.lower(): v for k, v in (rest.get("headers") or {}).items()}
-    event = {"version": "2.0", "routeKey": f"{rest['httpMethod']} {rest['resource']}",
-             "rawPath": f"/prod{rest['path']}", "rawQueryString": "", "headers": headers,
-             "requestContext": {"accountId": "123456789012", "apiId": "abcdef1234", "stage": "prod",
-                                "domainName": "abcdef1234.execute-api.us-east-1.amazonaws.com",
-                                "http": {"method": rest["httpMethod"], "path": f"/prod{rest['path']}",
-                                         "protocol": "HTTP/1.1", "sourceIp": "198.51.100.7",
-                                         "userAgent": "curl"},
-                                "requestId": "v2-request-1",
-                                "routeKey": f"{rest['httpMethod']} {rest['resource']}",
-                                "time": "01/Dec/2026:00:00:00 +0000", "timeEpoch": 1796083200000},
-             "pathParameters": rest.get("pathParameters") or {},
-             "isBase64Encoded": bool(rest.get("isBase64Encoded")),
-             **({"body": rest["body"]} if rest.get("body") is not None else {})}
-    if authorizer:
-        event["requestContext"]["authorizer"] = {"lambda": dict(rest["requestContext"]["authorizer"])}
-    return event
-
-
 def _function_url(rest: dict[str, Any]) -> dict[str, Any]:
-    event = _v2(rest, authorizer=False)
+    event = v2_from_rest(rest, authorizer=False)
     event["routeKey"] = event["requestContext"]["routeKey"] = "$default"
     event["requestContext"]["stage"] = "$default"
     event["requestContext"]["domainName"] = "abc.lambda-url.us-east-1.on.aws"
@@ -91,8 +71,8 @@ def shapes(load_event) -> dict[str, Any]:
     authz = load_event("authorizer-request")
     return {
         "rest-v1": rest,
-        "http-v2": _v2(rest),
-        "http-v2-infer": _v2(infer),
+        "http-v2": v2_from_rest(rest),
+        "http-v2-infer": v2_from_rest(infer),
         "function-url": _function_url(rest),
         "base64-not-base64": bad_b64,
         "base64-not-utf8": not_utf8,

@@ -416,6 +416,34 @@ def test_waiting_for_shadows_honours_its_timeout_and_finished_shadows_are_releas
     assert len(svc._shadow_pending) <= 1        # done shadows are not kept (no growth per request)
 
 
+def test_shadows_run_one_at_a_time_on_their_own_thread(monkeypatch):
+    """A shadow never takes more than one thread, whatever the request rate (the candidate's work must
+    not compete with the answers for the function's CPU)."""
+    import threading
+    import time
+
+    svc, _, _ = rollout_service(mode="shadow", stages=(100,))
+    real, lock = svc.runtime.get, threading.Lock()
+    running, most, names = [0], [0], set()
+
+    def counted(mv):
+        if mv.version == "2" and threading.current_thread() is not threading.main_thread():
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+                names.add(threading.current_thread().name)
+            time.sleep(0.02)
+            with lock:
+                running[0] -= 1
+        return real(mv)
+    monkeypatch.setattr(svc.runtime, "get", counted)
+    for i in range(4):
+        infer(svc, f"u{i}", rid=f"r{i}")
+    svc.wait_for_shadows(timeout=30)
+    assert most[0] == 1
+    assert names and all(n.startswith("shadow_") for n in names)
+
+
 @pytest.mark.parametrize("stable, candidate, agree", [
     (np.array([[1.0, 2.0]]), np.array([[1.0005, 2.001]]), True),          # within 1e-3 relative
     (np.array([[1.0, 2.0]]), np.array([[1.0, 2.01]]), False),             # 5e-3 relative: no

@@ -274,6 +274,23 @@ def test_a_refused_rollout_verb_is_audited_with_its_action(call, load_event, svc
     assert svc.registry.audit("acme")[-1].action == "refused_post_rollout_promote"
 
 
+def test_refused_attempts_over_the_http_api_are_audited_with_their_routes(call, load_event, svc):
+    """Payload format 2.0 has no `resource`: the action comes from the route key's template."""
+    from proxy_events import v2_from_rest
+
+    status, body, _ = call(v2_from_rest(as_caller(load_event("registry-register-version"),
+                                                  scopes="models:read")))
+    assert (status, body) == (403, {"error": "missing scope 'models:write'"})
+    event = load_event("registry-rollout-start")
+    event["path"] = "/admin/models/churn-risk/rollout/promote"
+    event["resource"] = "/admin/models/{model}/rollout/{action}"
+    event["pathParameters"] = {"model": "churn-risk", "action": "promote"}
+    event["body"] = None
+    assert call(v2_from_rest(as_caller(event, scopes="models:read")))[0] == 403
+    assert [(r.action, r.model) for r in svc.registry.audit("acme")] == [
+        ("refused_post_versions", "churn-risk"), ("refused_post_rollout_promote", "churn-risk")]
+
+
 def test_quota_and_content_refusals_are_stable_json_with_their_statuses(load_event, lambda_context):
     import serving_models as sm
 

@@ -99,9 +99,18 @@ def _audit_json(r: AuditRecord) -> dict[str, Any]:
             "version": r.version, "details": r.details}
 
 
+def _route_template(event: Any) -> str:
+    """The matched route's path template: `resource` of a REST (1.0) event, the path of an HTTP API (2.0)
+    event's route key ("POST /admin/models/{model}/versions" -> "/admin/models/{model}/versions")."""
+    resource = getattr(event, "resource", None)
+    if isinstance(resource, str) and resource:
+        return resource
+    return str(getattr(event, "route_key", None) or "").partition(" ")[2]
+
+
 def _route_action(event: Any) -> str:
     """A route as an audit action: "POST /admin/models/{model}/rollout/{action}" -> "post_rollout_promote"."""
-    resource = str(getattr(event, "resource", "") or "")
+    resource = _route_template(event)
     action = (event.path_parameters or {}).get("action") if resource.endswith("{action}") else None
     parts = [p for p in resource.split("/") if p and not p.startswith("{") and p not in ("admin", "models")]
     return "_".join([str(event.http_method).lower(), *parts, *([action] if action else [])])[:64]
