@@ -80,6 +80,7 @@ case "$TARGET" in
   "tests/integration/test_registry_registration.py",
   "tests/integration/test_token_expiry.py",
   "tests/unit/test_apigw_http.py",
+  "tests/unit/test_fuzz_regressions.py",
   "tests/unit/test_openapi.py",
   "tests/integration/test_event_shapes.py",'
         ;;
