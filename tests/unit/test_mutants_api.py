@@ -185,6 +185,27 @@ def test_the_location_base_path_is_what_the_client_url_has_before_the_route(requ
         assert base_path({"path": path}) == ""
 
 
+@pytest.mark.parametrize("raw_path, route_path, base", [
+    ("/v1/v2/models/m/infer", "/v2/models/m/infer", "/v1"),
+    ("/v2/models/m/infer", "/v2/models/m/infer", ""),
+    (None, "/v2/models/m/infer", ""),
+])
+def test_an_http_api_events_base_path_comes_from_its_raw_path(raw_path, route_path, base):
+    """Payload 2.0 has no requestContext.path: the full path is rawPath, never a REST field."""
+    from tenantml.api.flavours import full_path
+    from tenantml.api.inference_routes import base_path
+
+    event = {"version": "2.0", "requestContext": {"path": "/decoy/v2/models/m/infer"},
+             **({"rawPath": raw_path} if raw_path else {})}
+    assert full_path(event) == (raw_path or "")
+    assert base_path(event, route_path) == base
+    assert full_path({"requestContext": {"path": "/v1/x"}, "rawPath": "/decoy/x"}) == "/v1/x"   # REST
+    assert full_path({}) == ""
+    # the route's path is the resolver's when given, the event's `path` otherwise
+    assert base_path({"requestContext": {"path": "/v1/v2/models/m/infer"}, "path": "/nope"},
+                     "/v2/models/m/infer") == "/v1"
+
+
 @pytest.fixture(scope="module")
 def inference_app():
     import serving_models as sm
@@ -261,3 +282,26 @@ def test_the_openapi_document_renders_without_warnings_and_other_schema_warnings
     assert text.isascii() and text.endswith("}\n")
     with pytest.warns(PydanticJsonSchemaWarning, match=r"a detail \[skipped-discriminator\]"):
         openapi._Schema().emit_warning("skipped-discriminator", "a detail")
+
+
+def test_drift_reports_are_read_from_the_index_for_the_callers_tenant(load_event, lambda_context):
+    svc = RegistrationService(MemoryRegistry(), MemoryArtifactStore())
+    asked = []
+
+    class Reports:
+        def latest(self, tenant, model, limit):
+            asked.append((tenant, model, limit))
+            return [{"report": "r-1"}]
+
+    app = create_app(svc, Reports())
+    assert app.resolve(load_event("registry-register-version"), lambda_context)["statusCode"] == 201
+    event = copy.deepcopy(load_event("registry-list-models"))
+    event["path"] = event["requestContext"]["path"] = "/admin/models/churn-risk/drift"
+    event["resource"] = "/admin/models/{model}/drift"
+    event["pathParameters"] = {"model": "churn-risk"}
+    event["queryStringParameters"] = {"limit": "3"}
+    event["multiValueQueryStringParameters"] = {"limit": ["3"]}
+    resp = app.resolve(event, lambda_context)
+    assert (resp["statusCode"], json.loads(resp["body"])) == (200, {"model": "churn-risk",
+                                                                     "reports": [{"report": "r-1"}]})
+    assert asked == [("acme", "churn-risk", 3)]

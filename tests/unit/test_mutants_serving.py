@@ -1000,3 +1000,34 @@ def test_feedback_is_written_as_the_tenant_only_with_tenant_sessions():
     assert scoped._put_object._sessions is not None
     assert scoped._put_object._bucket == "artifacts"
     assert scoped.capture._put._sessions is None       # capture frames: the function's own role
+
+
+def test_a_tabular_models_own_label_output_answers_even_where_it_disagrees_with_the_argmax():
+    """The top label is the graph's `label` output when it has one (a classifier may apply thresholds or
+    class weights the probabilities do not show), not recomputed from the probabilities."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.zeros((len(sm.FEATURES), 3), np.float32)
+    w[1] = [0.0, 1.0, 2.0]                        # class 2 most probable when feature 1 is positive
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+         helper.make_node("ArgMin", ["probabilities"], ["label"], axis=1, keepdims=0)],   # the least
+        "disagreeing", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", len(sm.FEATURES)])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    v = sm.tabular_version(owner="acme", name="risk")
+    artifacts = {"model.onnx": model.SerializeToString()}
+    v = sm.Version("acme", v.manifest.model_copy(update={"files": sm._files(artifacts)}), artifacts, "1")
+    (loaded_model,), _ = loaded(v)
+    row = np.zeros((1, len(sm.FEATURES)), np.float32)
+    row[0, 1] = 3.0
+    from tenantml.serving.oip import Tensor
+
+    out = loaded_model.predict({"features": Tensor(name="features", datatype="FP32", shape=[1, 8],
+                                                   data=row)})
+    assert int(np.argmax(out["risk_probs"][0])) == 2
+    assert out["risk"] == [sm.RISK_LABELS[0]]
