@@ -250,3 +250,47 @@ def test_token_command_says_where_it_looked(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "no dev keys in .tenantml/keys here, above or in the tenantml checkout;" in err
     assert err.rstrip().endswith("or pass --keys DIR")
+
+
+def test_base64url_integers_are_big_endian_unpadded_and_minimal_unless_sized():
+    from tenantml.auth.devkeys import _b64
+
+    assert _b64(0x010217) == "AQIX"          # a trailing X is data, not padding
+    assert _b64(65537) == "AQAB"
+    assert _b64(0) == "AA"                    # one byte at least
+    assert _b64(1, 4) == "AAAAAQ"             # sized: left-padded with zero bytes
+
+
+def test_thumbprints_sort_the_members():
+    from tenantml.auth.devkeys import _thumbprint
+
+    # RFC 7638 section 3.1, members given out of order
+    assert _thumbprint({"n": RFC7638_N, "kty": "RSA", "e": "AQAB"}) == \
+        "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_ec_coordinates_are_always_32_bytes_in_the_jwks(keys):
+    """RFC 7518 6.2.1.2: a P-256 coordinate is 32 bytes even when it starts with a zero byte."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    from tenantml.auth.devkeys import DevKeys
+
+    for _ in range(5000):                     # a key with a short x or y (about 1 in 128)
+        key = ec.generate_private_key(ec.SECP256R1())
+        nums = key.public_key().public_numbers()
+        if nums.x < 1 << 248 or nums.y < 1 << 248:
+            break
+    else:
+        pytest.fail("no short coordinate found")
+    ec_jwk = DevKeys(keys.rsa_private, key).jwks()["keys"][1]
+    for m in ("x", "y"):
+        assert len(base64.urlsafe_b64decode(ec_jwk[m] + "==")) == 32
+    assert ECAlgorithm.from_jwk(json.dumps(ec_jwk)).public_numbers() == nums
+
+
+def test_minted_tokens_say_they_are_jwts(keys):
+    assert jwt.get_unverified_header(keys.mint("acme")) == {"alg": "RS256", "kid": keys.kids["RS256"],
+                                                            "typ": "JWT"}

@@ -173,6 +173,18 @@ def test_iat_in_the_future_is_refused(verifier, rsa_key):
     assert reason_of(verifier, sign(rsa_key, claims(iat=int(NOW) + 120, nbf=...))) is DenyReason.NOT_YET_VALID
 
 
+@pytest.mark.parametrize(("leeway", "iat_offset", "ok"), [
+    (60, 60, True), (60, 61, False), (0, 0, True), (0, 1, False),
+])
+def test_iat_with_leeway_boundaries(jwks, rsa_key, leeway, iat_offset, ok):
+    v = make_verifier(jwks, leeway=leeway)
+    token = sign(rsa_key, claims(iat=int(NOW) + iat_offset, nbf=...))
+    if ok:
+        assert v.verify(token, now=NOW).sub == "user-1"
+    else:
+        assert reason_of(v, token) is DenyReason.NOT_YET_VALID
+
+
 def test_exp_is_required(verifier, rsa_key):
     assert reason_of(verifier, sign(rsa_key, claims(exp=...))) is DenyReason.MISSING_CLAIM
 
