@@ -426,6 +426,17 @@ def test_a_malformed_token_says_why_in_its_detail(verifier, token):
     assert info.value.reason is DenyReason.MALFORMED_TOKEN and info.value.detail == "not a compact JWS"
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+def test_a_short_rsa_key_is_refused_by_the_decoder_too(verifier):
+    """Second layer: parse_jwks never admits an RSA key under 2048 bits; should one reach the decoder,
+    PyJWT refuses it (enforce_minimum_key_length) and the token is malformed, not verified."""
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    token = jwt.encode(claims(), weak, algorithm="RS256", headers={"kid": RSA_KID})
+    with pytest.raises(InvalidToken) as info:
+        verifier._decode(token, weak.public_key(), "RS256")
+    assert (info.value.reason, info.value.detail) == (DenyReason.MALFORMED_TOKEN, "InvalidKeyError")
+
+
 def test_keys_unavailable_propagates(rsa_key):
     class Down:
         def fetch(self):
