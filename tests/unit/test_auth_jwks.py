@@ -238,6 +238,23 @@ def test_url_source_failures_become_jwks_errors(behaviour):
         UrlJwksSource("https://idp.example.com/jwks", opener=opener).fetch()
 
 
+def test_url_source_size_bound_is_exact(rsa_pub):
+    """A document of exactly MAX_JWKS_BYTES is read whole; one byte more is refused as too large (not
+    truncated and then refused as something else)."""
+    doc = json.dumps({"keys": [jwk(rsa_pub, "k")]}).encode()
+
+    def sized(n: int) -> bytes:
+        return doc + b" " * (n - len(doc))
+
+    src = UrlJwksSource("https://idp.example.com/jwks",
+                        opener=lambda r, timeout: FakeResponse(sized(MAX_JWKS_BYTES)))
+    assert parse_jwks(src.fetch())["k"].alg == "RS256"
+    src = UrlJwksSource("https://idp.example.com/jwks",
+                        opener=lambda r, timeout: FakeResponse(sized(MAX_JWKS_BYTES + 1)))
+    with pytest.raises(JwksError, match="^JWKS document too large$"):
+        src.fetch()
+
+
 @pytest.mark.parametrize("url", ["http://idp.example.com/jwks", "file:///etc/passwd", "ftp://x/y",
                                  "jwks.json"])
 def test_url_source_requires_https_except_localhost(url):

@@ -437,6 +437,21 @@ def test_a_short_rsa_key_is_refused_by_the_decoder_too(verifier):
     assert (info.value.reason, info.value.detail) == (DenyReason.MALFORMED_TOKEN, "InvalidKeyError")
 
 
+def test_a_header_alg_other_than_the_keys_is_not_allowed_by_the_decoder_either(verifier, ec_key, rsa_key):
+    """Second layer: the verifier matches the header's alg to the key before decoding; PyJWT, given only
+    the key's alg, refuses any other."""
+    token = sign(ec_key, claims(), alg="ES256", kid=RSA_KID)
+    with pytest.raises(InvalidToken) as info:
+        verifier._decode(token, rsa_key.public_key(), "RS256")
+    assert info.value.reason is DenyReason.ALG_NOT_ALLOWED
+
+
+def test_exp_equal_to_iat_is_refused(verifier, rsa_key):
+    """A token that expires the second it is issued is invalid, even inside the leeway."""
+    token = sign(rsa_key, claims(iat=int(NOW) - 10, nbf=..., exp=int(NOW) - 10))
+    assert reason_of(verifier, token) is DenyReason.INVALID_CLAIM
+
+
 def test_keys_unavailable_propagates(rsa_key):
     class Down:
         def fetch(self):
