@@ -15,7 +15,8 @@
 #   tools/mutation.sh                                  # auth: generate + run, then print the results
 #   MUTATION_TARGET=api-serving tools/mutation.sh      # api/ + serving/{service,cache,runtime}.py
 #   MUTATION_CHILDREN=2 tools/mutation.sh
-#   MUTATION_TARGET=api-serving tools/mutation.sh results          # any arguments are passed to mutmut as
+#   MUTATION_TARGET=api-serving tools/mutation.sh report           # the score (tools/mutation_report.py)
+#   MUTATION_TARGET=api-serving tools/mutation.sh results          # any other arguments go to mutmut as
 #   MUTATION_TARGET=api-serving tools/mutation.sh show <mutant>    # they are, on that target's last run
 #   MUTATION_TARGET=api-serving tools/mutation.sh run 'tenantml.api.*'   # re-run some mutants in place
 #
@@ -133,6 +134,9 @@ def pytest_collection_modifyitems(items):  # added by tools/mutation.sh to the s
 PY
 }
 
+if [[ ${1:-} == report ]]; then  # the score, with message-only and equivalent survivors set apart
+    cd "$WORK" && exec "$PY" "$ROOT/tools/mutation_report.py"
+fi
 if [[ $# -gt 0 ]]; then  # mutmut results / show / browse / run <names> ... on this target's last run
     if [[ $1 == run && -d "$WORK/mutants" ]]; then  # re-running: pick up new or changed tests
         stage_tests "$WORK"
@@ -170,4 +174,5 @@ cd "$WORK"
 start=$SECONDS
 "${MUTMUT[@]}" run --max-children "${MUTATION_CHILDREN:-1}" || true
 echo "mutation run ($TARGET): $((SECONDS - start)) s"
-"${MUTMUT[@]}" results --all true | tee "$WORK/results.txt"
+"${MUTMUT[@]}" results --all true > "$WORK/results.txt"
+"$PY" "$ROOT/tools/mutation_report.py" | tee "$WORK/report.txt"
