@@ -305,3 +305,65 @@ def test_drift_reports_are_read_from_the_index_for_the_callers_tenant(load_event
     assert (resp["statusCode"], json.loads(resp["body"])) == (200, {"model": "churn-risk",
                                                                      "reports": [{"report": "r-1"}]})
     assert asked == [("acme", "churn-risk", 3)]
+
+
+def _body(body, *, b64: bool = False, encoding: str | None = None) -> dict:
+    headers = {"Content-Encoding": encoding} if encoding is not None else {}
+    return {"body": body, "isBase64Encoded": b64, "headers": headers}
+
+
+def test_a_body_flagged_base64_must_be_strict_base64():
+    from tenantml.api.body import NOT_BASE64, read_body
+    from tenantml.errors import BadRequest
+
+    assert read_body(_body("e30=", b64=True), max_bytes=100).data == b"{}"
+    for junk in ("e30=!", "e3 0=", "e30"):             # a stray character, a space, missing padding
+        with pytest.raises(BadRequest) as info:
+            read_body(_body(junk, b64=True), max_bytes=100)
+        assert info.value.public_message == NOT_BASE64
+
+
+def test_a_text_body_with_a_lone_surrogate_is_kept_for_the_utf8_check_not_a_crash():
+    from tenantml.api.body import read_body, read_text
+    from tenantml.errors import BadRequest
+
+    event = _body('{"x": "\ud800"}')
+    assert read_body(event, max_bytes=100).data == '{"x": "\ud800"}'.encode("utf-8", "surrogatepass")
+    with pytest.raises(BadRequest, match="^request body is not valid UTF-8$"):
+        read_text(event, max_bytes=100)
+    assert read_text(_body(""), max_bytes=100) is None
+    assert read_text(_body("é"), max_bytes=100) == "é"
+
+
+def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413():
+    from tenantml.api.body import read_body
+
+    assert len(read_body(_body("x" * 64), max_bytes=64).data) == 64
+    with pytest.raises(PayloadTooLarge):
+        read_body(_body("x" * 65), max_bytes=64)
+
+
+@pytest.mark.parametrize("encoding", ["x-gzip", "X-Gzip", "gzip"])
+def test_x_gzip_is_gzip(encoding):
+    assert decompress(gzip.compress(b'{"a": 1}'), encoding, max_bytes=100) == b'{"a": 1}'
+
+
+@pytest.mark.parametrize("encoding", ["deflate", "gzip"])
+def test_a_json_body_already_decompressed_on_the_way_is_taken_as_is_even_after_whitespace(encoding):
+    """API Gateway may inflate a body and keep the header: JSON (after any leading whitespace) is plain."""
+    for plain in (b'{"a": 1}', b' \n {"a": 1} \n'):
+        assert decompress(plain, encoding, max_bytes=100) == plain
+
+
+def test_a_blank_content_encoding_is_identity():
+    assert decompress(b"\x00\x01", "  ", max_bytes=100) == b"\x00\x01"
+
+
+def test_error_answers_are_json_with_their_content_type(inference_app, load_event, lambda_context):
+    event = copy.deepcopy(load_event("inference-infer-risk"))
+    event["body"], event["isBase64Encoded"] = "not json", False
+    resp = inference_app.resolve(event, lambda_context)
+    headers = {**(resp.get("headers") or {}),
+               **{k: v[-1] for k, v in (resp.get("multiValueHeaders") or {}).items()}}
+    assert resp["statusCode"] == 400 and headers["Content-Type"] == "application/json"
+    assert set(json.loads(resp["body"])) == {"error"}

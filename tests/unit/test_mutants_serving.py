@@ -1031,3 +1031,15 @@ def test_a_tabular_models_own_label_output_answers_even_where_it_disagrees_with_
                                                    data=row)})
     assert int(np.argmax(out["risk_probs"][0])) == 2
     assert out["risk"] == [sm.RISK_LABELS[0]]
+
+
+def test_a_load_emits_one_model_load_count_and_its_time_in_ms(capsys):
+    capsys.readouterr()
+    loaded(sm.tabular_version(owner="acme", name=MODEL, version="3"))
+    docs = emf_documents(capsys.readouterr().out)
+    load = [d for d in docs if "ModelLoad" in d]
+    took = [d for d in docs if "ModelLoadTime" in d]
+    assert [(d["ModelLoad"], d["model"], d["version"]) for d in load] == [([1.0], MODEL, "3")]
+    units = {m["Name"]: m.get("Unit")
+             for d in load + took for m in d["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert units == {"ModelLoad": "Count", "ModelLoadTime": "Milliseconds"}
