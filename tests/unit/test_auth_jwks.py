@@ -276,3 +276,86 @@ def test_source_from_settings(rsa_pub):
     assert isinstance(source_from_settings("https://idp.example.com/jwks", None), UrlJwksSource)
     with pytest.raises(ValueError, match="^set jwks_url or jwks_json$"):
         source_from_settings(None, None)
+
+
+class CountingResponse:
+    """A response as urllib's opener gives it, counting what is read; `status` and `headers` optional."""
+
+    def __init__(self, body: bytes, *, headers: dict | None = None, status: int | None = 200) -> None:
+        self._body, self.consumed = io.BytesIO(body), 0
+        if headers is not None:
+            self.headers = headers
+        if status is not None:
+            self.status = status
+
+    def read1(self, n: int) -> bytes:
+        chunk = self._body.read(n)
+        self.consumed += len(chunk)
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _fetch(resp: CountingResponse):
+    return UrlJwksSource("https://idp.example.com/jwks", opener=lambda r, timeout: resp).fetch()
+
+
+def test_a_declared_content_length_over_the_bound_is_refused_before_reading(rsa_pub):
+    doc = json.dumps({"keys": [jwk(rsa_pub, "k")]}).encode()
+    over = CountingResponse(doc, headers={"Content-Length": str(MAX_JWKS_BYTES + 1)})
+    with pytest.raises(JwksError, match="^JWKS document too large$"):
+        _fetch(over)
+    assert over.consumed == 0
+    at = CountingResponse(doc, headers={"Content-Length": str(MAX_JWKS_BYTES)})
+    assert "k" in parse_jwks(_fetch(at))
+
+
+def test_reading_stops_one_byte_past_the_bound_however_much_is_sent():
+    flood = CountingResponse(b" " * (10 * MAX_JWKS_BYTES))
+    with pytest.raises(JwksError, match="^JWKS document too large$"):
+        _fetch(flood)
+    assert flood.consumed == MAX_JWKS_BYTES + 1
+
+
+def test_a_response_without_a_status_is_taken_as_200(rsa_pub):
+    doc = json.dumps({"keys": [jwk(rsa_pub, "k")]}).encode()
+    assert "k" in parse_jwks(_fetch(CountingResponse(doc, status=None)))
+
+
+def test_the_fetch_says_who_it_is():
+    seen = {}
+
+    def opener(request, timeout):
+        seen["ua"] = request.get_header("User-agent")
+        return CountingResponse(b"{}")
+
+    UrlJwksSource("https://idp.example.com/jwks", opener=opener).fetch()
+    assert seen == {"ua": "tenantml-authorizer"}
+
+
+@pytest.mark.parametrize("kid", [123, "", None, ["k"]])
+def test_a_key_whose_kid_is_not_a_non_empty_string_is_skipped(rsa_pub, kid):
+    good = jwk(rsa_pub, "k")
+    assert set(parse_jwks({"keys": [good, {**good, "kid": kid}]})) == {"k"}
+
+
+def test_the_default_throttle_is_one_fetch_a_minute(rsa_pub):
+    now = [0.0]
+    calls = []
+
+    class Source:
+        def fetch(self):
+            calls.append(now[0])
+            return {"keys": [jwk(rsa_pub, "k")]}
+
+    cache = JwksCache(Source(), clock=lambda: now[0])
+    assert cache.get("k") is not None and cache.get("unknown") is None
+    now[0] = 59.9
+    assert cache.get("unknown") is None
+    now[0] = 60.0
+    assert cache.get("unknown") is None
+    assert calls == [0.0, 60.0]

@@ -167,7 +167,14 @@ def test_deny_log_names_the_tenant_only_when_the_signature_was_valid(keys, verif
                                      "arn:aws:execute-api:us-east-1:123456789012:abc"])
 def test_malformed_method_arn_denies(keys, verifier, logs, bad_arn):
     assert authorize(event(f"Bearer {token(keys)}", method_arn=bad_arn), verifier) == deny_policy()
-    assert logs.records[-1].reason == "bad_method_arn"
+    assert (logs.records[-1].reason, logs.records[-1].tenant) == ("bad_method_arn", "acme")  # verified token
+
+
+@pytest.mark.parametrize("other", [{"Records": [{"body": "{}"}]}, {"detail-type": "Scheduled Event"},
+                                   {"type": "COGNITO", "methodArn": ARN}])
+def test_an_event_that_is_not_an_authorizer_event_is_denied_as_malformed(verifier, logs, other):
+    assert authorize(other, verifier) == deny_policy()
+    assert (logs.records[-1].reason, logs.records[-1].tenant) == ("malformed_token", "-")
 
 
 @pytest.mark.parametrize("value", ["Bearer a.b.c d.e.f", "Bearer a b"])

@@ -195,6 +195,15 @@ def test_exp_must_be_a_number(verifier, rsa_key, bad):
     assert reason_of(verifier, sign(rsa_key, claims(exp=bad))) is expected
 
 
+def test_the_verifier_refuses_a_configuration_that_cannot_verify(jwks):
+    cache = JwksCache(StaticJwksSource(json.dumps(jwks)), clock=lambda: 0.0)
+    assert TokenVerifier(cache, issuer=ISS, audience=AUD, max_lifetime_seconds=1).max_lifetime == 1
+    for bad in ({"max_lifetime_seconds": 0}, {"max_lifetime_seconds": -1}, {"issuer": ""}, {"audience": ""},
+                {"tenant_claim": ""}):
+        with pytest.raises(ValueError):
+            TokenVerifier(cache, **{"issuer": ISS, "audience": AUD, **bad})
+
+
 def test_leeway_over_60_is_rejected(jwks):
     with pytest.raises(ValueError):
         make_verifier(jwks, leeway=61)
