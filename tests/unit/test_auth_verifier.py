@@ -469,3 +469,30 @@ def test_keys_unavailable_propagates(rsa_key):
     v = TokenVerifier(JwksCache(Down(), clock=lambda: 0.0), issuer=ISS, audience=AUD)
     with pytest.raises(JwksUnavailable):
         v.verify(sign(rsa_key, claims()), now=NOW)
+
+
+def _detail_of(verifier: TokenVerifier, token: str) -> str:
+    with pytest.raises(InvalidToken) as info:
+        verifier.verify(token, now=NOW)
+    assert info.value.reason is DenyReason.MALFORMED_TOKEN
+    return info.value.detail
+
+
+def test_a_malformed_segment_is_named_in_the_detail(verifier):
+    """The detail (logged for operators, never sent to the client) says which segment was refused and
+    why: a duplicated member is named."""
+    good = raw_token({"alg": "RS256", "kid": RSA_KID}, claims()).split(".")
+    assert _detail_of(verifier, f"AAAAA.{good[1]}.{good[2]}") == "header is not base64url"
+    assert _detail_of(verifier, f"{good[0]}.{b64(b'[1]')}.{good[2]}") == "payload is not a JSON object"
+    assert _detail_of(verifier, f"{good[0]}.{b64(b'{')}.{good[2]}") == "payload is not UTF-8 JSON"
+    assert _detail_of(verifier, f"{good[0]}.{good[1]}.AB") == "signature is not canonical base64url"
+    twice = b64(b'{"alg": "RS256", "alg": "ES256"}')
+    assert _detail_of(verifier, f"{twice}.{good[1]}.{good[2]}") == "header has member 'alg' twice"
+
+
+@pytest.mark.parametrize("segment", ["AAAX", "AAAAAX8", "_-_X"])
+def test_a_canonical_segment_ending_in_any_letter_is_accepted(segment):
+    """Only padding is stripped from the re-encoding it is compared with, never a data character."""
+    from tenantml.auth.verifier import _b64url
+
+    assert b64(_b64url(segment, "header")) == segment
