@@ -82,7 +82,10 @@ case "$TARGET" in
   "tests/integration/test_token_expiry.py",
   "tests/unit/test_apigw_http.py",
   "tests/unit/test_openapi.py",
-  "tests/integration/test_event_shapes.py",'
+  "tests/integration/test_event_shapes.py",
+  "tests/unit/test_integrity_fallback.py",
+  "tests/unit/test_fuzz_regressions.py",
+  "tests/integration/test_gpu_async.py",'
         ;;
     *)
         echo "unknown MUTATION_TARGET '$TARGET' (auth, api-serving)" >&2

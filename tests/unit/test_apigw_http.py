@@ -151,3 +151,16 @@ def test_cookies_of_a_v2_response_become_set_cookie_headers_and_nothing_is_compr
     resp = api.handle(request("GET", "/cookies", headers=(("Accept-Encoding", "gzip"),)))
     assert [v for k, v in resp.headers if k == "Set-Cookie"] == ["a=1; Path=/", "b=2"]
     assert resp.header("Content-Encoding") is None
+
+
+@pytest.mark.parametrize("event", [
+    {"version": "2.0", "requestContext": {}, "rawPath": "/v2/models"},                      # no http
+    {"version": "2.0", "requestContext": {"http": {}}, "rawPath": "/v2/models"},            # no method
+    {"version": "2.0", "requestContext": {"http": {"method": "GET"}}},                      # no rawPath
+    {"requestContext": {}, "httpMethod": "GET"},                                            # no path
+    {"requestContext": {}, "path": "/v2/models"},                                           # no method
+])
+def test_an_event_missing_half_of_its_flavour_is_neither(event):
+    from tenantml.api.flavours import event_flavour
+
+    assert event_flavour(event) is None

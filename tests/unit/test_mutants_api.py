@@ -367,3 +367,27 @@ def test_error_answers_are_json_with_their_content_type(inference_app, load_even
                **{k: v[-1] for k, v in (resp.get("multiValueHeaders") or {}).items()}}
     assert resp["statusCode"] == 400 and headers["Content-Type"] == "application/json"
     assert set(json.loads(resp["body"])) == {"error"}
+
+
+# --- the caller ---------------------------------------------------------------------------------------------
+
+
+def _event_with(ctx: dict) -> dict:
+    return {"requestContext": {"authorizer": ctx}}
+
+
+def test_a_caller_without_sub_or_scopes_has_none_of_either():
+    from tenantml.api.context import caller_from_event
+
+    who = caller_from_event(_event_with({"tenant_id": "acme", "valid_until": "2000"}), now=1000.0)
+    assert (who.tenant, who.sub, who.scopes) == ("acme", "", frozenset())
+
+
+@pytest.mark.parametrize("scopes", [["models:read", "models:write"], "models:read models:write"])
+def test_scopes_arrive_as_a_list_or_a_space_separated_string(scopes):
+    """A REST authorizer's context holds strings only; an HTTP API simple response may carry a list."""
+    from tenantml.api.context import caller_from_event
+
+    ctx = {"tenant_id": "acme", "valid_until": "2000", "sub": "u1", "scopes": scopes}
+    assert caller_from_event({"requestContext": {"authorizer": {"lambda": ctx}}}, now=1000.0).scopes == \
+        frozenset({"models:read", "models:write"})

@@ -59,3 +59,47 @@ def test_the_rollout_ttl_never_lengthens_caching():
     reg.apply_rollout("acme", "risk", rollback(r, candidate="2", now=T0, actor="alarm", reason="alarm"))
     timer.now += 2.1
     assert cache.resolve("acme", "risk").rollout.status == "rolled_back"
+
+
+class Counting:
+    """A registry double recording what reached it."""
+
+    def __init__(self, registry) -> None:
+        self.registry, self.calls = registry, []
+
+    def resolve(self, tenant, model, version=None):
+        self.calls.append((tenant, model, version))
+        return self.registry.resolve(tenant, model, version)
+
+
+def test_with_caching_off_every_resolve_reaches_the_registry_with_its_arguments():
+    reg = Counting(registry_with_rollout())
+    cache = CachingRegistry(reg, ttl=0, rollout_ttl=5, timer=Timer())
+    assert cache.resolve("acme", "churn", "2").version == "2"
+    assert cache.resolve("acme", "churn", "2").version == "2"
+    assert cache.resolve("acme", "churn").version == "1"
+    assert reg.calls == [("acme", "churn", "2"), ("acme", "churn", "2"), ("acme", "churn", None)]
+
+
+def test_a_one_second_ttl_caches_and_a_version_is_its_own_entry():
+    reg, timer = Counting(registry_with_rollout()), Timer()
+    cache = CachingRegistry(reg, ttl=1, rollout_ttl=1, timer=timer)
+    for _ in range(3):
+        assert cache.resolve("acme", "churn").version == "1"
+    assert cache.resolve("acme", "churn", "2").version == "2"
+    assert reg.calls == [("acme", "churn", None), ("acme", "churn", "2")]
+    timer.now += 1.01
+    cache.resolve("acme", "churn")
+    assert len(reg.calls) == 3
+
+
+def test_the_prediction_cache_is_on_only_with_a_size_and_a_ttl():
+    from tenantml.serving.cache import PredictionCache
+
+    assert PredictionCache(size=1, ttl=0.5).enabled
+    assert not PredictionCache(size=0, ttl=60).enabled
+    assert not PredictionCache(size=64, ttl=0).enabled
+    one = PredictionCache(size=1, ttl=60, timer=Timer())
+    one.put(("acme", "acme", "m", "1", "d1"), ["a"])
+    one.put(("acme", "acme", "m", "1", "d2"), ["b"])
+    assert (len(one), one.get(("acme", "acme", "m", "1", "d2"))) == (1, ["b"])

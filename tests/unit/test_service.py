@@ -586,3 +586,15 @@ def test_a_corrupt_baseline_json_makes_a_text_model_unavailable_like_any_artifac
     store.objects[key] = store.objects[key].replace(b'"count"', b'"cOunt"', 1)
     err = error_of(svc.infer, "acme", "minilm-embed", None, text_body())
     assert err.status == 503 and "sha256" in err.detail
+
+
+def test_an_invalid_name_is_a_404_that_echoes_at_most_64_and_32_characters(service):
+    """A name or version no model can have answers like a missing model, echoing a bounded prefix only."""
+    from tenantml.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound) as info:
+        service.resolve("acme", "m" * 99 + "!")
+    assert info.value.public_message == f"model '{'m' * 64}' not found"
+    with pytest.raises(ModelNotFound) as info:
+        service.resolve("acme", "n" * 99 + "!", "v" * 40 + "!")
+    assert info.value.public_message == f"model '{'n' * 64}' version '{'v' * 32}' not found"
